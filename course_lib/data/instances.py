@@ -1,0 +1,191 @@
+"""Instance-segmentation datasets in torchvision's detection format.
+
+Target dict: ``boxes`` ``tv_tensors.BoundingBoxes`` float [N, 4] XYXY, ``masks``
+``tv_tensors.Mask`` uint8 [N, H, W], ``labels`` int64 [N], ``image_id`` int.
+Covers DSB2018 nuclei, Penn-Fudan pedestrians, and tiny COCO (through torchvision's COCO
+dataset and its transforms-v2 wrapper).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets as tvd
+from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
+
+from .download import dataset_dir, register_prepare
+from .io import check_same_size, read_array, read_image
+
+
+def instance_target(id_map: torch.Tensor, label: int = 1, image_id: int = 0) -> dict:
+    """Instance-id map int [H, W] (0 = background, 1..N = instances) → detection target."""
+    ids = torch.unique(id_map)
+    ids = ids[ids != 0]
+    masks = (id_map[None] == ids[:, None, None]).to(torch.uint8)  # [N, H, W]
+    h, w = id_map.shape
+    boxes = masks_to_boxes(masks) if len(ids) else torch.zeros((0, 4))
+    return {
+        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+        "masks": tv_tensors.Mask(masks),
+        "labels": torch.full((len(ids),), label, dtype=torch.int64),
+        "image_id": image_id,
+    }
+
+
+def seeded_split(names: list[str], split: str, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> list[str]:
+    """A fixed train/val/test split of ``names`` (sorted first, then a seeded permutation)."""
+    names = sorted(names)
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_train = round(fractions[0] * len(names))
+    n_val = round(fractions[1] * len(names))
+    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
+             "test": order[n_train + n_val:]}
+    if split not in parts:
+        raise ValueError(f"split must be one of {sorted(parts)}, got {split!r}.")
+    return [names[i] for i in sorted(parts[split])]
+
+
+class Nuclei(Dataset):
+    """DSB2018 stage-1 nuclei (BBBC038), 664 images of various sizes, one class (nucleus).
+
+    A fixed, seeded 70/15/15 split (``seed=0``): train 465 / val 100 / test 99.
+    Item: (image ``tv_tensors.Image`` uint8 [3, H, W], target dict as in the module doc).
+    """
+
+    classes = ("background", "nucleus")
+    num_classes = 2
+
+    def __init__(self, split: str = "train", root: str | Path | None = None,
+                 transforms: Callable | None = None, download: bool = False, seed: int = 0):
+        self.root = dataset_dir("nuclei", root, download)
+        names = [p.stem for p in (self.root / "images").glob("*.png")]
+        self.names = seeded_split(names, split, seed=seed)
+        self.split = split
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int):
+        name = self.names[index]
+        img_path = self.root / "images" / f"{name}.png"
+        mask_path = self.root / "masks" / f"{name}.png"
+        image = read_image(img_path)
+        id_map = torch.from_numpy(read_array(mask_path).astype(np.int64))
+        check_same_size(image, id_map, img_path, mask_path)
+        target = instance_target(id_map, image_id=index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+@register_prepare("nuclei")
+def _prepare_nuclei(extracted: Path, target: Path) -> None:
+    """stage1_train/<id>/{images/<id>.png, masks/*.png} → images/<id>.png + masks/<id>.png
+    (uint16 instance ids; where masks overlap, the later mask in sorted order wins)."""
+    from PIL import Image
+
+    src = next(extracted.glob("*/stage1_train"), None) or next(extracted.glob("stage1_train"), None)
+    if src is None:
+        raise RuntimeError("stage1_train/ not found in the downloaded archive.")
+    (target / "images").mkdir()
+    (target / "masks").mkdir()
+    for case in sorted(p for p in src.iterdir() if p.is_dir()):
+        img = case / "images" / f"{case.name}.png"
+        if not img.exists():
+            continue
+        rgb = read_array(img, "RGB")
+        ids = np.zeros(rgb.shape[:2], dtype=np.uint16)
+        for k, m in enumerate(sorted((case / "masks").glob("*.png")), 1):
+            ids[read_array(m, "L") > 0] = k
+        Image.fromarray(rgb).save(target / "images" / f"{case.name}.png")
+        Image.fromarray(ids).save(target / "masks" / f"{case.name}.png")
+
+
+class PennFudan(Dataset):
+    """Penn-Fudan pedestrians (Wang et al. 2007): 170 images, instance masks, one class.
+
+    Needs a download (``download=True``); item as in the module doc, label 1 = person.
+    """
+
+    classes = ("background", "person")
+    num_classes = 2
+
+    def __init__(self, root: str | Path | None = None, transforms: Callable | None = None,
+                 download: bool = False):
+        self.root = dataset_dir("penn_fudan", root, download)
+        self.images = sorted((self.root / "PNGImages").glob("*.png"))
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        img_path = self.images[index]
+        mask_path = self.root / "PedMasks" / f"{img_path.stem}_mask.png"
+        image = read_image(img_path)
+        id_map = torch.from_numpy(read_array(mask_path).astype(np.int64))
+        check_same_size(image, id_map, img_path, mask_path)
+        target = instance_target(id_map, image_id=index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+@register_prepare("penn_fudan")
+def _prepare_penn_fudan(extracted: Path, target: Path) -> None:
+    src = next(extracted.glob("PennFudanPed"), None)
+    if src is None:
+        raise RuntimeError("PennFudanPed/ not found in the downloaded archive.")
+    for item in src.iterdir():
+        shutil.move(str(item), target / item.name)
+
+
+def TinyCOCO(root: str | Path | None = None, transforms: Callable | None = None,
+             download: bool = False) -> Dataset:
+    """16 COCO train2017 images (80 categories) via ``torchvision.datasets.CocoDetection``,
+    wrapped for transforms v2: item = (PIL image, target with ``boxes``, ``masks``
+    [N, H, W], ``labels`` = COCO category ids, ``image_id``). Polygons and crowd RLEs are
+    turned into masks by pycocotools inside torchvision's wrapper."""
+    folder = dataset_dir("tiny_coco", root, download)
+    ds = tvd.CocoDetection(folder / "train_2017_small", folder / "instances_train2017_small.json",
+                           transforms=transforms)
+    return tvd.wrap_dataset_for_transforms_v2(
+        ds, target_keys=("boxes", "labels", "masks", "image_id"))
+
+
+@register_prepare("tiny_coco")
+def _prepare_tiny_coco(extracted: Path, target: Path) -> None:
+    ann = next(extracted.rglob("instances_train2017_small.json"), None)
+    imgs = next(extracted.rglob("train_2017_small"), None)
+    if ann is None or imgs is None:
+        raise RuntimeError("instances_train2017_small.json / train_2017_small not found in the archive.")
+    shutil.move(str(ann), target / ann.name)
+    shutil.move(str(imgs), target / "train_2017_small")
+
+
+def voc_segmentation(split: str = "train", root: str | Path | None = None,
+                     transforms: Callable | None = None, download: bool = False) -> Dataset:
+    """Pascal VOC 2012 semantic segmentation (21 classes, 255 = boundary/void) through
+    ``torchvision.datasets.VOCSegmentation`` (its own md5-checked download), wrapped for
+    transforms v2: item = (PIL image, ``tv_tensors.Mask``)."""
+    from ..runtime import data_root
+
+    base = Path(root) if root is not None else data_root()
+    folder = base / "voc"
+    try:
+        ds = tvd.VOCSegmentation(folder, year="2012", image_set=split, download=download,
+                                 transforms=transforms)
+    except RuntimeError as e:
+        raise FileNotFoundError(
+            f"Pascal VOC 2012 not found under {folder} ({e}). Download it with "
+            f"voc_segmentation(download=True) (about 2 GB, from the VOC server), or point "
+            f"$COURSE_DATA_DIR at a folder holding voc/VOCdevkit/VOC2012."
+        ) from None
+    return tvd.wrap_dataset_for_transforms_v2(ds)

@@ -1,0 +1,250 @@
+"""Training and evaluation loops shared by every notebook.
+
+- ``fit`` trains with a tqdm.auto progress bar, bf16 autocast and channels_last on CUDA, an
+  optional LR schedule stepped per batch, and evaluates on the validation set each epoch.
+- With a ``checkpoint`` path, ``fit`` writes model + optimizer + scheduler + history after
+  every epoch (atomically: temporary file, then rename), resumes an interrupted run, and
+  when the checkpoint says training is complete it just loads the weights ("skip training
+  if already done"). Checkpoints are read with ``torch.load(weights_only=True)``.
+- ``evaluate`` feeds the model images resized to ``input_size`` and upsamples the logits to
+  the labels' own resolution, so metrics are always against full-resolution labels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from tqdm.auto import tqdm
+
+from .metrics import SegmentationMeter
+
+
+@dataclass
+class History:
+    """Per-epoch records: ``epoch``, ``train_loss``, ``lr``, ``time_s`` and ``val_*`` metrics."""
+
+    records: list[dict] = field(default_factory=list)
+
+    def append(self, **record) -> None:
+        self.records.append(record)
+
+    def __getitem__(self, key: str) -> list:
+        return [r.get(key, math.nan) for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def train_time_s(self) -> float:
+        return float(sum(self["time_s"])) if self.records else 0.0
+
+    def to_dict(self) -> dict:
+        return {"records": [dict(r) for r in self.records]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls([dict(r) for r in d.get("records", [])])
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
+                   power: float = 0.9, pct_start: float = 0.25) -> LRScheduler | None:
+    """Per-step LR schedule: "poly" (lr·(1 − t/T)^power, DeepLab), "onecycle" (peak at the
+    optimizer's lr), or "constant" (None)."""
+    total_steps = max(1, int(total_steps))
+    if kind == "poly":
+        return LambdaLR(optimizer, _Poly(total_steps, power))
+    if kind == "onecycle":
+        return OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                          total_steps=total_steps, pct_start=pct_start)
+    if kind == "constant":
+        return None
+    raise ValueError(f"Unknown schedule {kind!r}: use 'poly', 'onecycle' or 'constant'.")
+
+
+class _Poly:
+    """Picklable poly factor (a lambda would not survive the scheduler's state_dict)."""
+
+    def __init__(self, total: int, power: float):
+        self.total, self.power = total, power
+
+    def __call__(self, step: int) -> float:
+        return max(0.0, 1.0 - min(step, self.total) / self.total) ** self.power
+
+
+def logits_of(output) -> torch.Tensor:
+    """Model output → logits [B, C, H, W] (torchvision models return {"out": ...})."""
+    return output["out"] if isinstance(output, dict) else output
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, scheduler: LRScheduler | None = None, progress: bool = True,
+                    desc: str = "train", deadline: float | None = None) -> float:
+    """One pass over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]).
+    Returns the mean training loss. Stops early (between batches) past ``deadline``."""
+    model.train()
+    channels_last = device.type == "cuda"
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for images, masks in bar:
+        images = _to_device(images, device, channels_last)
+        masks = masks.to(device, non_blocking=True)
+        with _autocast(device):
+            logits = logits_of(model(images))
+            if logits.shape[-2:] != masks.shape[-2:]:
+                logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            loss = loss_fn(logits.float(), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.detach()) * images.shape[0]
+        count += images.shape[0]
+        bar.set_postfix(loss=f"{total / count:.3f}")
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, input_size: tuple[int, int] | None = None,
+            out_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Logits float [B, C, H_out, W_out] for images [B, C, H, W] already on the model's device.
+
+    The images are resized (bilinear) to ``input_size`` first if given; the logits are
+    resized to ``out_size`` (default: the images' own H×W).
+    """
+    out_size = out_size or tuple(images.shape[-2:])
+    x = images
+    if input_size is not None and tuple(x.shape[-2:]) != tuple(input_size):
+        x = F.interpolate(x, size=input_size, mode="bilinear", align_corners=False, antialias=True)
+    with _autocast(images.device):
+        logits = logits_of(model(x)).float()
+    if tuple(logits.shape[-2:]) != tuple(out_size):
+        logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+    return logits
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
+             input_size: tuple[int, int] | None = None, ignore_index: int = 255,
+             boundary: bool = False, progress: bool = True) -> dict:
+    """Metrics over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]) at the
+    masks' resolution: dict with ``miou``, ``pixel_acc``, ``iou`` [C], ``dice`` [C], ``cm``
+    (and ``bf1``, ``mbf1`` with ``boundary=True``)."""
+    model.eval()
+    channels_last = device.type == "cuda"
+    meter = SegmentationMeter(num_classes, ignore_index, boundary=boundary)
+    for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        images = _to_device(images, device, channels_last)
+        logits = predict(model, images, input_size, tuple(masks.shape[-2:]))
+        meter.update(logits.argmax(1), masks.to(device))
+    return meter.compute()
+
+
+def save_checkpoint(path: str | Path, **state) -> Path:
+    """``torch.save(state)`` to ``path`` atomically (write ``<path>.tmp``, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"Cannot read checkpoint {path}: {e}. Delete it to retrain.") from e
+
+
+def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *, num_classes: int,
+        device: torch.device, epochs: int, optimizer: torch.optim.Optimizer,
+        loss_fn: Callable | None = None, schedule: str = "poly", checkpoint: str | Path | None = None,
+        input_size: tuple[int, int] | None = None, ignore_index: int = 255,
+        time_budget_s: float | None = None, progress: bool = True, verbose: bool = True) -> History:
+    """Train ``model`` for ``epochs`` (or until ``time_budget_s``), evaluating each epoch.
+
+    ``schedule`` ("poly" | "onecycle" | "constant") is stepped per batch. With ``checkpoint``:
+    a complete checkpoint is loaded instead of training; an incomplete one is resumed.
+    Returns the :class:`History` (``history.records``, one dict per epoch).
+    """
+    loss_fn = loss_fn or nn.CrossEntropyLoss(ignore_index=ignore_index)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    scheduler = make_scheduler(optimizer, schedule, epochs * steps_per_epoch)
+    history, start_epoch = History(), 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, device)
+        model.load_state_dict(state["model"])
+        history = History.from_dict(state["history"])
+        if state.get("complete"):
+            if verbose:
+                print(f"Loaded trained weights from {checkpoint} "
+                      f"({len(history)} epochs, {history.train_time_s:.0f} s of training); "
+                      f"delete it to retrain.")
+            return history
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"]
+        if verbose:
+            print(f"Resuming from {checkpoint} at epoch {start_epoch}/{epochs}.")
+    start = time.perf_counter()
+    deadline = (start + time_budget_s - history.train_time_s) if time_budget_s is not None else None
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device, scheduler,
+                               progress, desc=f"epoch {epoch + 1}/{epochs}", deadline=deadline)
+        train_s = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "train_loss": loss, "lr": lr, "time_s": train_s}
+        if val_loader is not None:
+            m = evaluate(model, val_loader, num_classes, device, input_size, ignore_index,
+                         progress=progress)
+            record.update(val_miou=m["miou"], val_pixel_acc=m["pixel_acc"])
+        history.append(**record)
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        done = epoch + 1 == epochs or out_of_time
+        if verbose:
+            extra = f", val mIoU {record['val_miou']:.3f}" if "val_miou" in record else ""
+            print(f"epoch {epoch + 1:3d}/{epochs}: loss {loss:.4f}{extra} ({train_s:.1f} s)")
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict() if scheduler is not None else {},
+                            epoch=epoch + 1, history=history.to_dict(), complete=done)
+        if out_of_time:
+            if verbose:
+                print(f"Time budget of {time_budget_s:.0f} s reached after epoch {epoch + 1}.")
+            break
+    return history

@@ -1,0 +1,198 @@
+"""Segmentation metrics: confusion matrix, IoU, Dice, pixel accuracy, boundary F-measure.
+
+Conventions: the confusion matrix ``cm`` is int64 [C, C] with rows = ground truth and
+columns = prediction. Pixels whose target equals ``ignore_index`` are skipped. Everything
+is vectorised (``bincount`` / convolutions), runs on any device, and has no Python loop
+over pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int | None = 255) -> torch.Tensor:
+    """Confusion matrix of integer label maps of any (equal) shape → int64 [C, C].
+
+    ``cm[t, p]`` counts pixels with ground truth ``t`` predicted as ``p``. Pixels whose
+    target is ``ignore_index`` are skipped; any other value outside 0..C-1 in ``pred`` or
+    ``target`` raises ValueError.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have "
+                         f"the same shape (did you forget argmax over the class dim?)")
+    if pred.is_floating_point() or target.is_floating_point():
+        raise ValueError("pred and target must be integer label maps, not float tensors.")
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    if ignore_index is not None:
+        keep = target != ignore_index
+        pred, target = pred[keep], target[keep]
+    for name, t in (("target", target), ("pred", pred)):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+            bad = t[(t < 0) | (t >= num_classes)]
+            raise ValueError(
+                f"{name} has values {torch.unique(bad)[:10].tolist()} outside 0..{num_classes - 1}"
+                + (f" that are not ignore_index={ignore_index}" if name == "target" else "")
+                + "; check num_classes and the label mapping.")
+    idx = target * num_classes + pred
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _tp_fp_fn(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cm = cm.double()
+    tp = cm.diagonal()
+    return tp, cm.sum(0) - tp, cm.sum(1) - tp
+
+
+def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """IoU_c = TP / (TP + FP + FN) → float [C]; NaN for a class in neither GT nor prediction."""
+    tp, fp, fn = _tp_fp_fn(cm)
+    denom = tp + fp + fn
+    return torch.where(denom > 0, tp / denom.clamp(min=1), torch.nan).float()
+
+
+def dice_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """Dice_c = 2TP / (2TP + FP + FN) (= F1) → float [C]; NaN where the class is absent."""
+    tp, fp, fn = _tp_fp_fn(cm)
+    denom = 2 * tp + fp + fn
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.nan).float()
+
+
+def mean_iou(cm: torch.Tensor) -> float:
+    """Mean IoU over the classes present in GT or prediction (nan-mean)."""
+    return float(torch.nanmean(iou_per_class(cm)))
+
+
+def pixel_accuracy(cm: torch.Tensor) -> float:
+    """Fraction of (non-ignored) pixels labelled correctly."""
+    total = cm.sum()
+    return float(cm.diagonal().sum().double() / total) if total > 0 else math.nan
+
+
+# ---------------------------------------------------------------- boundary F-measure (DAVIS)
+
+def boundary_map(mask: torch.Tensor) -> torch.Tensor:
+    """Boundary pixels of a binary mask [H, W] → bool [H, W] (DAVIS ``seg2bmap``).
+
+    A pixel is on the boundary when it differs from its right, bottom or bottom-right
+    neighbour; the last row compares only with the right neighbour, the last column only
+    with the bottom one, and the bottom-right corner is never a boundary.
+    """
+    seg = mask.bool()
+    right = torch.zeros_like(seg)
+    below = torch.zeros_like(seg)
+    diag = torch.zeros_like(seg)
+    right[:, :-1] = seg[:, 1:]
+    below[:-1, :] = seg[1:, :]
+    diag[:-1, :-1] = seg[1:, 1:]
+    b = (seg ^ right) | (seg ^ below) | (seg ^ diag)
+    b[-1, :] = seg[-1, :] ^ right[-1, :]
+    b[:, -1] = seg[:, -1] ^ below[:, -1]
+    b[-1, -1] = False
+    return b
+
+
+def tolerance_pixels(tolerance: float, height: int, width: int) -> int:
+    """Tolerance < 1 is a fraction of the image diagonal (rounded up); ≥ 1 is pixels."""
+    if tolerance >= 1:
+        return int(round(tolerance))
+    return int(math.ceil(tolerance * math.hypot(height, width)))
+
+
+def disk(radius: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Disk structuring element float [2r+1, 2r+1]: points with x² + y² ≤ r²."""
+    r = torch.arange(-radius, radius + 1, device=device)
+    return ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2).float()
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of bool [..., H, W] by a disk of ``radius`` pixels (via conv2d)."""
+    if radius <= 0:
+        return mask.bool()
+    shape = mask.shape
+    x = mask.reshape(-1, 1, *shape[-2:]).float()
+    y = F.conv2d(x, disk(radius, mask.device)[None, None], padding=radius)
+    return (y > 0.5).reshape(shape)
+
+
+def boundary_f1(pred: torch.Tensor, target: torch.Tensor, tolerance: float = 0.008) -> float:
+    """DAVIS boundary F-measure of binary masks [H, W].
+
+    ``tolerance`` < 1: fraction of the image diagonal (ceil to pixels); ≥ 1: pixels.
+    P = |B_pred ∩ dil(B_gt)| / |B_pred|, R = |B_gt ∩ dil(B_pred)| / |B_gt|, F = 2PR/(P+R).
+    Both boundary maps empty → 1.0; exactly one empty → 0.0.
+    """
+    if pred.shape != target.shape or pred.dim() != 2:
+        raise ValueError(f"boundary_f1 takes two binary masks [H, W] of one shape, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}.")
+    bp, bg = boundary_map(pred), boundary_map(target)
+    n_p, n_g = int(bp.sum()), int(bg.sum())
+    if n_p == 0 and n_g == 0:
+        return 1.0
+    if n_p == 0 or n_g == 0:
+        return 0.0
+    r = tolerance_pixels(tolerance, *pred.shape)
+    precision = float((bp & dilate(bg, r)).sum()) / n_p
+    recall = float((bg & dilate(bp, r)).sum()) / n_g
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def semantic_boundary_f1(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                         ignore_index: int | None = 255, tolerance: float = 0.008) -> torch.Tensor:
+    """Per-class boundary F of one label map [H, W] → float [C], NaN for classes not in GT.
+
+    For each class c present in the ground truth, ``boundary_f1(pred == c, target == c)``
+    with void pixels set to background in both masks (so no boundary is scored against
+    void). Average the per-image values over images where the class occurs (see
+    :class:`SegmentationMeter`).
+    """
+    if pred.shape != target.shape or pred.dim() != 2:
+        raise ValueError(f"semantic_boundary_f1 takes label maps [H, W], got {tuple(pred.shape)} "
+                         f"and {tuple(target.shape)}.")
+    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    out = torch.full((num_classes,), torch.nan)
+    for c in torch.unique(target[valid]).tolist():
+        if 0 <= c < num_classes:
+            out[c] = boundary_f1((pred == c) & valid, (target == c) & valid, tolerance)
+    return out
+
+
+class SegmentationMeter:
+    """Accumulates a confusion matrix (and optionally per-class boundary F) over batches.
+
+    ``update(pred, target)`` takes label maps [B, H, W] (or [H, W]).
+    ``compute()`` → dict with ``miou``, ``pixel_acc``, ``iou`` [C], ``dice`` [C], ``cm``
+    and, when ``boundary=True``, ``bf1`` [C] (mean over images where the class occurs) and
+    ``mbf1`` (nan-mean over classes).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, boundary: bool = False,
+                 tolerance: float = 0.008):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.boundary, self.tolerance = boundary, tolerance
+        self.cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.bf_sum = torch.zeros(num_classes, dtype=torch.float64)
+        self.bf_count = torch.zeros(num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        self.cm += confusion_matrix(pred, target, self.num_classes, self.ignore_index).cpu()
+        if self.boundary:
+            p, t = pred.reshape(-1, *pred.shape[-2:]).cpu(), target.reshape(-1, *target.shape[-2:]).cpu()
+            for pi, ti in zip(p, t):
+                f = semantic_boundary_f1(pi, ti, self.num_classes, self.ignore_index, self.tolerance)
+                seen = ~torch.isnan(f)
+                self.bf_sum[seen] += f[seen].double()
+                self.bf_count[seen] += 1
+
+    def compute(self) -> dict:
+        out = {"miou": mean_iou(self.cm), "pixel_acc": pixel_accuracy(self.cm),
+               "iou": iou_per_class(self.cm), "dice": dice_per_class(self.cm), "cm": self.cm.clone()}
+        if self.boundary:
+            bf1 = torch.where(self.bf_count > 0, self.bf_sum / self.bf_count.clamp(min=1), torch.nan).float()
+            out["bf1"] = bf1
+            out["mbf1"] = float(torch.nanmean(bf1))
+        return out

@@ -1,0 +1,155 @@
+"""Profiles, device choice, seeding and the setup banner every notebook prints.
+
+A *profile* fixes sizes and schedules (image size, subset sizes, epochs, model width); the
+code path is the same in all three:
+
+- ``smoke``: CI. Seconds per notebook, tiny subsets; falls back to the synthetic ``Shapes``
+  dataset when a real one is absent (and says so).
+- ``cpu``: a student laptop. Meaningful results in about ten minutes per notebook.
+- ``gpu``: full resolution and full schedules.
+
+Chosen by the environment variable ``COURSE_PROFILE``; default ``gpu`` where CUDA is
+available, else ``cpu``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROFILE_ENV = "COURSE_PROFILE"
+DATA_ENV = "COURSE_DATA_DIR"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and schedules for one run of the course.
+
+    ``camvid_size`` is the (H, W) that CamVid images are resized to for training; metrics
+    are always computed against the full-resolution 360×480 labels.
+    ``max_train_items`` / ``max_eval_items`` cap dataset subsets (``None`` = all).
+    ``width`` scales the channel widths of the course's from-scratch models.
+    """
+
+    name: str
+    camvid_size: tuple[int, int]
+    crop_size: tuple[int, int]
+    max_train_items: int | None
+    max_eval_items: int | None
+    epochs: int
+    batch_size: int
+    width: int
+    num_workers: int
+    extra: dict = field(default_factory=dict)
+
+    def subset(self, n: int, train: bool = True) -> int:
+        """How many of ``n`` items this profile uses (train or eval subset)."""
+        cap = self.max_train_items if train else self.max_eval_items
+        return n if cap is None else min(n, cap)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", camvid_size=(96, 128), crop_size=(64, 64), max_train_items=8,
+        max_eval_items=4, epochs=1, batch_size=4, width=8, num_workers=0,
+    ),
+    "cpu": Profile(
+        name="cpu", camvid_size=(176, 240), crop_size=(160, 160), max_train_items=None,
+        max_eval_items=None, epochs=20, batch_size=8, width=32, num_workers=2,
+    ),
+    "gpu": Profile(
+        name="gpu", camvid_size=(360, 480), crop_size=(352, 352), max_train_items=None,
+        max_eval_items=None, epochs=120, batch_size=16, width=64, num_workers=8,
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile called ``name``, else ``$COURSE_PROFILE``, else gpu/cpu by hardware."""
+    name = name or os.environ.get(PROFILE_ENV)
+    if not name:
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    name = name.strip().lower()
+    if name not in PROFILES:
+        raise ValueError(
+            f"Unknown profile {name!r} (from ${PROFILE_ENV} or the argument). "
+            f"Choose one of {sorted(PROFILES)}, e.g. `export {PROFILE_ENV}=cpu`."
+        )
+    return PROFILES[name]
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """cuda > mps > cpu, unless ``prefer`` (or ``$COURSE_DEVICE``) names one."""
+    prefer = prefer or os.environ.get("COURSE_DEVICE")
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); returns a seeded CPU generator."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def data_root() -> Path:
+    """Where datasets live: ``$COURSE_DATA_DIR``, else ``<repo>/data``."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "data"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a notebook's setup cell returns: profile, device, data root, seed, generator."""
+
+    profile: Profile
+    device: torch.device
+    data_root: Path
+    seed: int
+    generator: torch.Generator
+
+    def __repr__(self) -> str:  # the one-line summary printed in every notebook
+        return (f"Setup(profile={self.profile.name!r}, device={str(self.device)!r}, "
+                f"data_root={str(self.data_root)!r}, seed={self.seed})")
+
+
+def setup(seed: int = 0, profile: str | None = None, verbose: bool = True) -> Setup:
+    """Pick profile and device, seed everything, and print the banner.
+
+    On CPU the thread count is left to torch (all cores); on CUDA, TF32 matmuls are allowed.
+    """
+    prof = get_profile(profile)
+    device = get_device()
+    gen = seed_everything(seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    root = data_root()
+    if verbose:
+        dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
+        print(f"profile : {prof.name}  (set ${PROFILE_ENV}=smoke|cpu|gpu to change)")
+        print(f"device  : {device} ({dev_name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+        src = f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "default <repo>/data"
+        print(f"data    : {root}  ({src})")
+        print(f"seed    : {seed}")
+    return Setup(prof, device, root, seed, gen)
+
+
+def with_overrides(profile: Profile, **changes) -> Profile:
+    """A copy of ``profile`` with some fields changed (for exercises and tests)."""
+    return replace(profile, **changes)

@@ -1,0 +1,141 @@
+"""Figures for the notebooks: palettes, mask overlays, image/GT/prediction grids, confusion
+matrices and training curves (matplotlib)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Patch
+
+VOID_COLOUR = (0, 0, 0)
+
+
+def make_palette(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` distinct RGB colours uint8 [n, 3] (tab20, then seeded random) for instance ids."""
+    base = (np.array(plt.get_cmap("tab20").colors) * 255).astype(np.uint8)
+    if n <= len(base):
+        return base[:n]
+    extra = np.random.default_rng(seed).integers(40, 256, size=(n - len(base), 3), dtype=np.uint8)
+    return np.concatenate([base, extra])
+
+
+def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Image [C, H, W] (uint8, or float in 0..1) or [H, W, C] → uint8 [H, W, 3]."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.dim() == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)
+        image = image.numpy()
+    if image.dtype != np.uint8:
+        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return image
+
+
+def colorize(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]],
+             ignore_index: int = 255) -> np.ndarray:
+    """Label map [H, W] → RGB uint8 [H, W, 3]; the ignore value is drawn black."""
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    lut = np.zeros((256, 3), np.uint8)
+    pal = np.asarray(palette, np.uint8)
+    lut[: len(pal)] = pal
+    lut[ignore_index] = VOID_COLOUR
+    return lut[np.clip(m, 0, 255).astype(np.int64)]
+
+
+def overlay(image, mask, palette, alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
+    """Image blended with its coloured label map (void pixels show the plain image)."""
+    img = to_numpy_image(image).astype(np.float32)
+    col = colorize(mask, palette, ignore_index).astype(np.float32)
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    a = np.where((m == ignore_index)[..., None], 0.0, alpha)
+    return (img * (1 - a) + col * a).round().astype(np.uint8)
+
+
+def legend_handles(classes: Sequence[str], palette, with_void: bool = True) -> list[Patch]:
+    handles = [Patch(color=np.asarray(c) / 255, label=n) for n, c in zip(classes, palette)]
+    if with_void:
+        handles.append(Patch(facecolor="black", edgecolor="grey", label="void (ignored)"))
+    return handles
+
+
+def show_segmentation(images, gts, preds=None, palette=None, classes=None, titles=("image", "ground truth", "prediction"),
+                      ignore_index: int = 255, size: float = 3.0, legend: bool = True):
+    """Grid: one row per example, columns image | GT | prediction (overlays). Returns the figure."""
+    n = len(images)
+    cols = 2 + (preds is not None)
+    fig, axes = plt.subplots(n, cols, figsize=(size * cols * 4 / 3, size * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(to_numpy_image(images[i]))
+        axes[i, 1].imshow(colorize(gts[i], palette, ignore_index))
+        if preds is not None:
+            axes[i, 2].imshow(colorize(preds[i], palette, ignore_index))
+        for j in range(cols):
+            axes[i, j].axis("off")
+            if i == 0:
+                axes[i, j].set_title(titles[j])
+    if legend and classes is not None:
+        fig.legend(handles=legend_handles(classes, palette), loc="lower center",
+                   ncol=min(6, len(classes) + 1), fontsize=8, frameon=False)
+        fig.subplots_adjust(bottom=0.12 if n > 1 else 0.2)
+    fig.tight_layout(rect=(0, 0.06, 1, 1) if legend and classes is not None else None)
+    return fig
+
+
+def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], normalize: bool = True, ax=None,
+                          title: str = "confusion matrix (rows: ground truth)"):
+    """Heat map of a confusion matrix [C, C]; rows normalised to recall when ``normalize``."""
+    cm = cm.detach().cpu().double()
+    data = cm / cm.sum(1, keepdim=True).clamp(min=1) if normalize else cm
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.5 * len(classes) + 2.5, 0.5 * len(classes) + 2))
+    im = ax.imshow(data.numpy(), cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title)
+    if len(classes) <= 12:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                v = data[i, j].item()
+                if v >= 0.01 or not normalize:
+                    ax.text(j, i, f"{v:.2f}" if normalize else int(v), ha="center", va="center",
+                            fontsize=6, color="white" if normalize and v > 0.5 else "black")
+    plt.colorbar(im, ax=ax, fraction=0.046)
+    return ax
+
+
+def plot_history(history, keys: Sequence[str] = ("train_loss", "val_miou"), axes=None):
+    """Training curves from a :class:`course_lib.engine.History`, one panel per key."""
+    if axes is None:
+        _, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+        axes = axes[0]
+    epochs = history["epoch"]
+    for ax, key in zip(axes, keys):
+        ax.plot(epochs, history[key], marker="o", ms=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    return axes
+
+
+def bar_per_class(values: dict[str, Sequence[float]], classes: Sequence[str], ylabel: str = "IoU", ax=None):
+    """Grouped bars: one group per class, one bar per entry of ``values`` (name → [C])."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6, 0.7 * len(classes) * len(values)), 3.2))
+    width = 0.8 / len(values)
+    x = np.arange(len(classes))
+    for k, (name, v) in enumerate(values.items()):
+        ax.bar(x + k * width - 0.4 + width / 2, np.asarray(v, dtype=float), width, label=name)
+    ax.set_xticks(x, classes, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return ax

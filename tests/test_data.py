@@ -1,0 +1,199 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import tv_tensors
+
+from course_lib import data as D
+from course_lib.runtime import get_profile
+from tests.conftest import require_dataset
+
+
+# ---------------------------------------------------------------- real datasets
+
+def test_camvid_splits_items_and_labels():
+    require_dataset("camvid")
+    sizes = {s: len(D.CamVid(s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 367, "val": 101, "test": 233}
+    ds = D.CamVid("train")
+    image, mask = ds[0]
+    assert isinstance(image, tv_tensors.Image) and image.dtype == torch.uint8 and image.shape == (3, 360, 480)
+    assert isinstance(mask, tv_tensors.Mask) and mask.dtype == torch.int64 and mask.shape == (360, 480)
+    values = set(torch.unique(mask).tolist())
+    assert values <= set(range(11)) | {255}
+    assert len(ds.classes) == 11 and len(ds.palette) == 11 and ds.classes[2] == "Pole"
+    # upstream void (11) is read as 255 and nothing else is lost
+    raw = np.array(Image.open(ds.items[0][1]))
+    assert int((raw == 11).sum()) == int((mask == 255).sum())
+
+
+def test_camvid_accepts_png_and_jpg(tmp_path):
+    root = tmp_path / "camvid"
+    (root / "train").mkdir(parents=True)
+    (root / "trainannot").mkdir()
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(root / "train" / "a.png")
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(root / "train" / "b.jpg")
+    for n in "ab":
+        Image.fromarray(np.full((4, 6), 11, np.uint8)).save(root / "trainannot" / f"{n}.png")
+    (root / "train.txt").write_text("train/a.png trainannot/a.png\ntrain/b.png trainannot/b.png\n")
+    ds = D.CamVid("train", root=tmp_path)
+    assert [p.suffix for p, _ in ds.items] == [".png", ".jpg"]
+    assert torch.all(ds[1][1] == 255)
+
+
+def _broken_camvid(tmp_path, mask: np.ndarray, image_size=(4, 6)):
+    root = tmp_path / "camvid"
+    (root / "train").mkdir(parents=True)
+    (root / "trainannot").mkdir()
+    Image.fromarray(np.zeros((*image_size, 3), np.uint8)).save(root / "train" / "x.png")
+    Image.fromarray(mask).save(root / "trainannot" / "x.png")
+    (root / "train.txt").write_text("train/x.png trainannot/x.png\n")
+    return D.CamVid("train", root=tmp_path)
+
+
+def test_bad_class_id_names_file(tmp_path):
+    mask = np.zeros((4, 6), np.uint8)
+    mask[0, 0] = 17
+    with pytest.raises(ValueError, match=r"x\.png.*\[17\]"):
+        _broken_camvid(tmp_path, mask)[0]
+
+
+def test_size_mismatch_names_both_files(tmp_path):
+    with pytest.raises(ValueError, match=r"\(4, 6\).*\(5, 6\)"):
+        _broken_camvid(tmp_path, np.zeros((5, 6), np.uint8))[0]
+
+
+def test_unreadable_file_names_file(tmp_path):
+    ds = _broken_camvid(tmp_path, np.zeros((4, 6), np.uint8))
+    ds.items[0][0].write_bytes(b"this is not a png")
+    with pytest.raises(ValueError, match=r"Cannot read image .*x\.png"):
+        ds[0]
+
+
+def test_membrane():
+    require_dataset("membrane")
+    train, test = D.Membrane("train"), D.Membrane("test")
+    assert len(train) == 30 and len(test) == 30
+    image, mask = train[0]
+    assert image.shape == (1, 512, 512) and image.dtype == torch.uint8
+    assert set(torch.unique(mask).tolist()) == {0, 1}
+    assert 0.1 < float((mask == 1).float().mean()) < 0.4  # membranes are the thin minority
+    assert test[0][1] is None
+
+
+def test_nuclei_split_is_fixed_and_disjoint():
+    require_dataset("nuclei")
+    splits = {s: D.Nuclei(s).names for s in ("train", "val", "test")}
+    assert sum(map(len, splits.values())) == 664
+    assert not set(splits["train"]) & set(splits["val"]) and not set(splits["val"]) & set(splits["test"])
+    assert D.Nuclei("val").names == splits["val"]
+    image, target = D.Nuclei("val")[0]
+    n = len(target["labels"])
+    assert target["masks"].shape == (n, *image.shape[-2:]) and target["masks"].dtype == torch.uint8
+    assert target["boxes"].format.value == "XYXY" and torch.all(target["labels"] == 1)
+    x0, y0, x1, y1 = target["boxes"][0].tolist()
+    ys, xs = torch.nonzero(target["masks"][0], as_tuple=True)
+    assert (x0, y0, x1, y1) == (xs.min().item(), ys.min().item(), xs.max().item(), ys.max().item())
+
+
+def test_tiny_coco_through_torchvision_wrapper():
+    require_dataset("tiny_coco")
+    ds = D.TinyCOCO()
+    assert len(ds) == 16
+    total = 0
+    for i in range(len(ds)):
+        image, target = ds[i]
+        if "masks" in target:
+            assert target["masks"].shape[0] == target["boxes"].shape[0] == target["labels"].shape[0]
+            assert target["masks"].shape[-2:] == (image.height, image.width)
+            total += len(target["labels"])
+    assert total == 197
+
+
+def test_penn_fudan_reader_on_a_built_folder(tmp_path):
+    root = tmp_path / "penn_fudan"
+    (root / "PNGImages").mkdir(parents=True)
+    (root / "PedMasks").mkdir()
+    ids = np.zeros((20, 30), np.uint8)
+    ids[2:10, 3:8], ids[5:15, 20:25] = 1, 2
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "PNGImages" / "FudanPed00001.png")
+    Image.fromarray(ids).save(root / "PedMasks" / "FudanPed00001_mask.png")
+    image, target = D.PennFudan(root=tmp_path)[0]
+    assert target["boxes"].tolist() == [[3, 2, 7, 9], [20, 5, 24, 14]]
+
+
+def test_voc_absent_gives_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="VOC 2012 not found"):
+        D.voc_segmentation("train", root=tmp_path)
+
+
+# ---------------------------------------------------------------- synthetic + fallback
+
+def test_shapes_is_deterministic_and_consistent():
+    a, b = D.Shapes(6, size=(48, 64), seed=3), D.Shapes(6, size=(48, 64), seed=3)
+    for i in range(6):
+        (ia, ma), (ib, mb) = a[i], b[i]
+        assert torch.equal(ia, ib) and torch.equal(ma, mb)
+    assert not torch.equal(a[0][0], D.Shapes(6, size=(48, 64), seed=4)[0][0])
+    image, target = D.Shapes(6, size=(48, 64), seed=3, mode="instance")[2]
+    sem = a[2][1]
+    union = torch.zeros_like(sem)
+    for m, lab in zip(target["masks"], target["labels"]):
+        union[m.bool()] = lab
+    assert torch.equal(union, sem)  # instance masks paint exactly the semantic map
+    with pytest.raises(IndexError):
+        a[6]
+
+
+def test_semantic_dataset_falls_back_only_in_smoke(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    ds = D.semantic_dataset("camvid", "train", get_profile("smoke"))
+    assert isinstance(ds, D.Shapes)
+    assert "using the synthetic Shapes dataset" in capsys.readouterr().out
+    with pytest.raises(D.DatasetNotFoundError):
+        D.semantic_dataset("camvid", "train", get_profile("cpu"))
+
+
+# ---------------------------------------------------------------- joint augmentation
+
+def test_train_transforms_keep_image_and_mask_aligned():
+    """Image pixels encode their own class, so any misalignment (a flip applied to one
+    but not the other, a different crop) shows up as disagreement."""
+    torch.manual_seed(0)
+    mask = torch.zeros(60, 80, dtype=torch.int64)
+    mask[:30, 50:], mask[30:, :20], mask[40:, 20:] = 1, 2, 3  # asymmetric under flips
+    image = tv_tensors.Image(mask.to(torch.uint8).expand(3, -1, -1).clone() * 60)
+    tf = D.train_transforms((48, 64), scale=(0.5, 2.0), color=False)
+    for _ in range(20):
+        x, m = tf(image, tv_tensors.Mask(mask.clone()))
+        assert x.shape == (3, 48, 64) and x.dtype == torch.float32
+        assert m.shape == (48, 64) and m.dtype == torch.int64
+        assert set(torch.unique(m).tolist()) <= {0, 1, 2, 3, 255}  # nearest: no new ids
+        pixel = (D.denormalize(x)[0] * 255 / 60).round()
+        # bilinear (image) and nearest (mask) resampling differ only near region edges
+        mf = m[None, None].float()
+        interior = (F.max_pool2d(mf, 5, 1, 2) == -F.max_pool2d(-mf, 5, 1, 2))[0, 0] & (m != 255)
+        agree = (pixel[interior] == m[interior]).float().mean()
+        assert agree > 0.99, agree
+        flipped = (pixel.flip(-1)[interior] == m[interior]).float().mean()
+        assert flipped < 0.9 or torch.equal(m, m.flip(-1))
+
+
+def test_padding_uses_the_ignore_value():
+    torch.manual_seed(1)
+    tf = D.train_transforms((32, 32), scale=(0.5, 0.5), hflip=False, color=False)
+    image = tv_tensors.Image(torch.full((3, 32, 32), 200, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.ones(32, 32, dtype=torch.int64))
+    _, m = tf(image, mask)
+    assert (m == 255).float().mean() == pytest.approx(0.75, abs=0.05)  # half size → 3/4 padded
+    assert set(torch.unique(m).tolist()) == {1, 255}
+
+
+def test_eval_transforms_keep_full_resolution():
+    image = tv_tensors.Image(torch.zeros(3, 36, 48, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.zeros(36, 48, dtype=torch.int64))
+    x, m = D.eval_transforms()(image, mask)
+    assert x.shape == (3, 36, 48) and torch.equal(m, mask)

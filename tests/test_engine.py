@@ -1,0 +1,140 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from course_lib import engine as E
+from course_lib.data import Shapes, eval_transforms, train_transforms
+
+
+def tiny_net(c_in=3, classes=4, width=8):
+    """Stride-2 encoder + bilinear upsampling: small, but it learns Shapes."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, classes, 1),
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+    )
+
+
+@pytest.fixture
+def loaders():
+    train = Shapes(24, size=(32, 32), seed=0, transforms=train_transforms((32, 32), scale=(0.8, 1.25)))
+    val = Shapes(8, size=(32, 32), seed=1, transforms=eval_transforms())
+    return DataLoader(train, batch_size=8, shuffle=True), DataLoader(val, batch_size=8)
+
+
+def test_fit_learns_and_checkpoint_skips_retraining(loaders, tmp_path, capsys):
+    torch.manual_seed(0)
+    train, val = loaders
+    model = tiny_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt = tmp_path / "ck" / "tiny.pt"
+    hist = E.fit(model, train, val, num_classes=4, device=torch.device("cpu"), epochs=6,
+                 optimizer=opt, checkpoint=ckpt, progress=False, verbose=False)
+    assert len(hist) == 6 and hist["train_loss"][-1] < hist["train_loss"][0]
+    assert hist["val_miou"][-1] > hist["val_miou"][0]
+    assert ckpt.exists() and not ckpt.with_name("tiny.pt.tmp").exists()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["complete"] and state["epoch"] == 6
+    # a fresh model + the complete checkpoint: loads, does not train, same predictions
+    model2 = tiny_net()
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
+    hist2 = E.fit(model2, train, val, num_classes=4, device=torch.device("cpu"), epochs=6,
+                  optimizer=opt2, checkpoint=ckpt, progress=False)
+    assert "Loaded trained weights" in capsys.readouterr().out
+    assert hist2.records == hist.records
+    x = next(iter(val))[0]
+    model.eval(), model2.eval()
+    torch.testing.assert_close(model(x), model2(x))
+
+
+def test_interrupted_run_resumes_where_it_stopped(loaders, tmp_path):
+    train, val = loaders
+    ckpt = tmp_path / "resume.pt"
+    torch.manual_seed(0)
+    model = tiny_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    E.fit(model, train, None, num_classes=4, device=torch.device("cpu"), epochs=2,
+          optimizer=opt, checkpoint=ckpt, progress=False, verbose=False)
+    state = torch.load(ckpt, weights_only=True)
+    state["complete"] = False  # as if it had been stopped after epoch 2 of 4
+    E.save_checkpoint(ckpt, **state)
+    model2 = tiny_net()
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
+    hist = E.fit(model2, train, None, num_classes=4, device=torch.device("cpu"), epochs=4,
+                 optimizer=opt2, checkpoint=ckpt, progress=False, verbose=False)
+    assert hist["epoch"] == [1, 2, 3, 4]
+    assert torch.load(ckpt, weights_only=True)["complete"]
+
+
+def test_corrupt_checkpoint_has_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="Delete it to retrain"):
+        E.load_checkpoint(bad)
+
+
+def test_failed_save_leaves_no_partial_file(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        E.save_checkpoint(tmp_path / "x.pt", thing=Unpicklable())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_time_budget_stops_early(loaders):
+    train, _ = loaders
+    model = tiny_net()
+    hist = E.fit(model, train, None, num_classes=4, device=torch.device("cpu"), epochs=50,
+                 optimizer=torch.optim.SGD(model.parameters(), lr=0.01), time_budget_s=0.0,
+                 progress=False, verbose=False)
+    assert len(hist) == 1
+
+
+def test_schedules():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = E.make_scheduler(opt, "poly", 10, power=0.9)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 1.0 and lrs[5] == pytest.approx(0.5 ** 0.9)
+    assert opt.param_groups[0]["lr"] == 0.0
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = E.make_scheduler(opt, "onecycle", 20)
+    seen = []
+    for _ in range(20):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(seen) == pytest.approx(1.0, rel=1e-3) and seen[0] < 0.1 and seen[-1] < 0.01
+    assert E.make_scheduler(opt, "constant", 5) is None
+    with pytest.raises(ValueError):
+        E.make_scheduler(opt, "cosine-ish", 5)
+
+
+def test_evaluate_is_at_label_resolution():
+    """A model that predicts at low resolution is scored against full-size labels."""
+
+    class Oracle(nn.Module):  # predicts class 1 everywhere, at 1/4 of the input size
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 2, x.shape[2] // 4, x.shape[3] // 4)
+            out[:, 1] = 1
+            return {"out": out}
+
+    images = torch.zeros(2, 3, 40, 60)
+    masks = torch.ones(2, 40, 60, dtype=torch.long)
+    masks[:, :10] = 0
+    masks[:, 0, 0] = 255
+    m = E.evaluate(Oracle(), [(images, masks)], 2, torch.device("cpu"), input_size=(20, 30),
+                   boundary=True, progress=False)
+    assert m["cm"].sum() == 2 * (40 * 60 - 1)
+    assert m["iou"][1] == pytest.approx(30 * 60 / (40 * 60 - 1))
+    assert math.isfinite(m["mbf1"])

@@ -1,0 +1,202 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassF1Score, MulticlassJaccardIndex
+
+from course_lib import metrics as M
+from tests.conftest import require_dataset
+
+
+def random_maps(seed, shape=(2, 37, 53), c=5, void_frac=0.1):
+    g = torch.Generator().manual_seed(seed)
+    pred = torch.randint(0, c, shape, generator=g)
+    target = torch.randint(0, c, shape, generator=g)
+    target[torch.rand(shape, generator=g) < void_frac] = 255
+    return pred, target
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_confusion_matrix_matches_torchmetrics(seed):
+    pred, target = random_maps(seed)
+    cm = M.confusion_matrix(pred, target, 5)
+    ref = MulticlassConfusionMatrix(5, ignore_index=255)(pred, target)
+    assert cm.dtype == torch.int64 and cm.shape == (5, 5)
+    assert torch.equal(cm, ref)
+    assert cm.sum() == (target != 255).sum()
+
+
+def test_confusion_matrix_rows_are_ground_truth():
+    target = torch.tensor([0, 0, 1, 2])
+    pred = torch.tensor([1, 1, 1, 2])
+    cm = M.confusion_matrix(pred, target, 3)
+    assert cm[0, 1] == 2 and cm[0, 0] == 0 and cm[2, 2] == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_iou_and_dice_match_torchmetrics(seed):
+    pred, target = random_maps(seed, c=6)
+    cm = M.confusion_matrix(pred, target, 6)
+    iou_ref = MulticlassJaccardIndex(6, average=None, ignore_index=255)(pred, target)
+    f1_ref = MulticlassF1Score(6, average=None, ignore_index=255, multidim_average="global")(pred, target)
+    torch.testing.assert_close(M.iou_per_class(cm), iou_ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(M.dice_per_class(cm), f1_ref, atol=1e-6, rtol=0)
+    assert math.isclose(M.mean_iou(cm), float(iou_ref.mean()), abs_tol=1e-6)
+
+
+def test_absent_class_is_nan_and_skipped_by_mean():
+    target = torch.tensor([[0, 0], [1, 1]])
+    pred = torch.tensor([[0, 0], [1, 0]])
+    cm = M.confusion_matrix(pred, target, 3)
+    iou = M.iou_per_class(cm)
+    assert math.isnan(iou[2]) and math.isnan(M.dice_per_class(cm)[2])
+    assert iou[0] == pytest.approx(2 / 3) and iou[1] == pytest.approx(1 / 2)
+    assert M.mean_iou(cm) == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert M.pixel_accuracy(cm) == pytest.approx(3 / 4)
+
+
+@pytest.mark.parametrize("bad", [7, -1, 254])
+def test_out_of_range_values_raise(bad):
+    target = torch.zeros(4, 4, dtype=torch.long)
+    pred = torch.zeros(4, 4, dtype=torch.long)
+    target[0, 0] = bad
+    with pytest.raises(ValueError, match="outside 0..4"):
+        M.confusion_matrix(pred, target, 5)
+    target[0, 0] = 0
+    pred[1, 1] = bad
+    with pytest.raises(ValueError, match="pred has values"):
+        M.confusion_matrix(pred, target, 5)
+
+
+def test_ignored_pixels_may_hold_any_prediction_and_shapes_must_match():
+    target = torch.full((3, 3), 255)
+    pred = torch.zeros(3, 3, dtype=torch.long)
+    assert M.confusion_matrix(pred, target, 2).sum() == 0
+    with pytest.raises(ValueError, match="same shape"):
+        M.confusion_matrix(pred, torch.zeros(3, 4, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="integer"):
+        M.confusion_matrix(pred.float(), target, 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 20), st.integers(1, 20), st.integers(0, 2**31 - 1))
+def test_properties(c, h, w, seed):
+    pred, target = random_maps(seed, (h, w), c, void_frac=0.2)
+    cm = M.confusion_matrix(pred, target, c)
+    assert int(cm.sum()) == int((target != 255).sum())
+    iou, dice = M.iou_per_class(cm), M.dice_per_class(cm)
+    ok = ~torch.isnan(iou)
+    assert torch.all((iou[ok] >= 0) & (iou[ok] <= 1))
+    # Dice = 2 IoU / (1 + IoU), class by class
+    torch.testing.assert_close(dice[ok], 2 * iou[ok] / (1 + iou[ok]))
+    perfect = M.confusion_matrix(torch.where(target == 255, 0, target), target, c)
+    assert M.mean_iou(perfect) == 1.0 or int((target != 255).sum()) == 0
+
+
+# ---------------------------------------------------------------- boundary F (DAVIS)
+
+def davis_seg2bmap(seg: np.ndarray) -> np.ndarray:
+    """Reference seg2bmap (DAVIS), written from its description with NumPy."""
+    seg = seg.astype(bool)
+    e = np.zeros_like(seg); s = np.zeros_like(seg); se = np.zeros_like(seg)
+    e[:, :-1] = seg[:, 1:]
+    s[:-1, :] = seg[1:, :]
+    se[:-1, :-1] = seg[1:, 1:]
+    b = seg ^ e | seg ^ s | seg ^ se
+    b[-1, :] = seg[-1, :] ^ e[-1, :]
+    b[:, -1] = seg[:, -1] ^ s[:, -1]
+    b[-1, -1] = 0
+    return b
+
+
+def davis_f(fg: np.ndarray, gt: np.ndarray, bound_th=0.008) -> float:
+    """Reference DAVIS f_measure with scipy's binary dilation and a disk element."""
+    r = bound_th if bound_th >= 1 else math.ceil(bound_th * np.linalg.norm(fg.shape))
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    disk = x * x + y * y <= r * r
+    fb, gb = davis_seg2bmap(fg), davis_seg2bmap(gt)
+    fd = ndimage.binary_dilation(fb, disk)
+    gd = ndimage.binary_dilation(gb, disk)
+    nf, ng = fb.sum(), gb.sum()
+    if nf == 0 and ng == 0:
+        return 1.0
+    if nf == 0 or ng == 0:
+        return 0.0
+    p, rc = (fb & gd).sum() / nf, (gb & fd).sum() / ng
+    return 0.0 if p + rc == 0 else float(2 * p * rc / (p + rc))
+
+
+def blob(h, w, cy, cx, r):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_boundary_map_matches_reference_on_random_masks():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = rng.random((rng.integers(2, 30), rng.integers(2, 30))) > 0.6
+        assert np.array_equal(M.boundary_map(torch.from_numpy(m)).numpy(), davis_seg2bmap(m))
+
+
+@pytest.mark.parametrize("tol", [0.008, 0.02, 1, 3])
+def test_boundary_f1_matches_reference(tol):
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        h, w = rng.integers(40, 90, size=2)
+        gt = blob(h, w, h / 2, w / 2, min(h, w) / 3)
+        pred = blob(h, w, h / 2 + rng.integers(-4, 5), w / 2 + rng.integers(-4, 5), min(h, w) / 3.3)
+        pred ^= rng.random((h, w)) > 0.97
+        got = M.boundary_f1(torch.from_numpy(pred), torch.from_numpy(gt), tol)
+        assert got == pytest.approx(davis_f(pred, gt, tol), abs=1e-9)
+
+
+def test_boundary_f1_edge_cases_and_tolerance():
+    empty = torch.zeros(20, 20, dtype=torch.bool)
+    square = empty.clone()
+    square[5:15, 5:15] = True
+    assert M.boundary_f1(empty, empty) == 1.0
+    assert M.boundary_f1(square, empty) == 0.0 and M.boundary_f1(empty, square) == 0.0
+    assert M.boundary_f1(square, square) == 1.0
+    shifted = torch.roll(square, 2, dims=1)
+    assert M.boundary_f1(shifted, square, tolerance=2) == 1.0
+    assert M.boundary_f1(shifted, square, tolerance=1) < 1.0
+    assert M.tolerance_pixels(0.008, 360, 480) == 5  # ceil(0.008 * 600) = ceil(4.8)
+    with pytest.raises(ValueError):
+        M.boundary_f1(square[None], square[None])
+
+
+def test_semantic_boundary_f1_ignores_void_and_absent_classes():
+    target = torch.zeros(30, 30, dtype=torch.long)
+    target[:, 15:] = 1
+    target[:5] = 255
+    pred = target.clone()
+    pred[:5] = 0  # whatever is predicted under void must not matter
+    f = M.semantic_boundary_f1(pred, target, num_classes=3)
+    assert f[0] == 1.0 and f[1] == 1.0 and math.isnan(f[2])
+    meter = M.SegmentationMeter(3, boundary=True)
+    meter.update(pred[None], target[None])
+    out = meter.compute()
+    assert out["mbf1"] == 1.0 and out["miou"] == 1.0
+
+
+def test_metrics_on_real_camvid_masks_match_torchmetrics():
+    require_dataset("camvid")
+    from course_lib.data import CamVid
+
+    ds = CamVid("val")
+    targets = torch.stack([ds.read_mask(i) for i in range(4)])
+    # a realistic corruption: predictions shifted by 6 pixels, void replaced by Sky
+    preds = torch.roll(torch.where(targets == 255, 0, targets), 6, dims=-1)
+    cm = M.confusion_matrix(preds, targets, 11)
+    ref_iou = MulticlassJaccardIndex(11, average=None, ignore_index=255)(preds, targets)
+    ref_f1 = MulticlassF1Score(11, average=None, ignore_index=255, multidim_average="global")(preds, targets)
+    present = ~torch.isnan(M.iou_per_class(cm))
+    torch.testing.assert_close(M.iou_per_class(cm)[present], ref_iou[present], atol=1e-6, rtol=0)
+    torch.testing.assert_close(M.dice_per_class(cm)[present], ref_f1[present], atol=1e-6, rtol=0)
+    # and the boundary F of one class against the reference implementation
+    p, t = (preds[0] == 3).numpy(), (targets[0] == 3).numpy()
+    assert M.boundary_f1(torch.from_numpy(p), torch.from_numpy(t)) == pytest.approx(davis_f(p, t))

@@ -1,0 +1,36 @@
+import numpy as np
+import torch
+
+from course_lib import viz
+from course_lib.engine import History
+
+
+def test_colorize_and_overlay():
+    mask = torch.tensor([[0, 1], [255, 1]])
+    pal = [(10, 20, 30), (200, 100, 0)]
+    col = viz.colorize(mask, pal)
+    assert col.shape == (2, 2, 3) and col.dtype == np.uint8
+    assert tuple(col[0, 0]) == (10, 20, 30) and tuple(col[1, 0]) == (0, 0, 0)
+    img = torch.full((3, 2, 2), 100, dtype=torch.uint8)
+    ov = viz.overlay(img, mask, pal, alpha=0.5)
+    assert tuple(ov[1, 0]) == (100, 100, 100)  # void shows the plain image
+    assert tuple(ov[0, 1]) == (150, 100, 50)
+
+
+def test_to_numpy_image_formats():
+    assert viz.to_numpy_image(torch.rand(1, 4, 5)).shape == (4, 5, 3)
+    assert viz.to_numpy_image(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
+    assert len(viz.make_palette(30)) == 30
+
+
+def test_figures_render():
+    imgs = [torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2
+    masks = [torch.zeros(8, 8, dtype=torch.long)] * 2
+    fig = viz.show_segmentation(imgs, masks, masks, palette=[(0, 0, 0), (1, 1, 1)], classes=["a", "b"])
+    assert len(fig.axes) == 6
+    ax = viz.plot_confusion_matrix(torch.eye(3, dtype=torch.long) * 5, ["a", "b", "c"])
+    assert ax.get_xlabel() == "predicted"
+    h = History([{"epoch": 1, "train_loss": 1.0, "val_miou": 0.2}, {"epoch": 2, "train_loss": 0.5, "val_miou": 0.4}])
+    axes = viz.plot_history(h)
+    assert list(axes[0].lines[0].get_ydata()) == [1.0, 0.5]
+    viz.bar_per_class({"x": [0.1, 0.2]}, ["a", "b"])
