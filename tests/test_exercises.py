@@ -1,0 +1,19 @@
+import pytest
+import torch
+
+from course_lib.exercises import check
+
+
+def test_check_passes_flags_stub_and_fails_wrong(capsys):
+    cases = [((2, 3), 5), ((0.1, 0.2), 0.3), ((torch.ones(2), torch.ones(2)), torch.full((2,), 2.0))]
+    assert check(lambda a, b: a + b, cases, "add") is True
+    assert "all 3 cases correct" in capsys.readouterr().out
+
+    def stub(a, b):
+        raise NotImplementedError
+
+    assert check(stub, cases) is False
+    assert "not attempted yet" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="case 1 of 3 gave -1, expected 5"):
+        check(lambda a, b: a - b, cases, "add")
+    assert check(lambda: float("nan"), [((), float("nan"))])
