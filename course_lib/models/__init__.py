@@ -1,0 +1,13 @@
+"""Models built in the notebooks: sliding-window patch classifier, FCN, U-Net, SegNet."""
+
+from .backbones import ResNetFeatures
+from .common import count_parameters, pad_to_multiple
+from .fcn import FCN
+from .patch_cnn import PatchClassifier, convolutionalize, dense_logits, extract_patches, pad_for_centres
+from .segnet import SegNet
+from .unet import UNet
+from .upsampling import bilinear_kernel, bilinear_upsampler
+
+__all__ = ["ResNetFeatures", "count_parameters", "pad_to_multiple", "FCN", "PatchClassifier",
+           "convolutionalize", "dense_logits", "extract_patches", "pad_for_centres", "SegNet", "UNet",
+           "bilinear_kernel", "bilinear_upsampler"]
