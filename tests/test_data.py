@@ -197,3 +197,10 @@ def test_eval_transforms_keep_full_resolution():
     mask = tv_tensors.Mask(torch.zeros(36, 48, dtype=torch.int64))
     x, m = D.eval_transforms()(image, mask)
     assert x.shape == (3, 36, 48) and torch.equal(m, mask)
+
+
+def test_to_model_input_on_plain_batches():
+    batch = torch.full((2, 3, 4, 5), 255, dtype=torch.uint8)  # torch.stack of Images is a plain tensor
+    x = D.to_model_input()(batch)
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(D.denormalize(x), torch.ones(2, 3, 4, 5))

@@ -200,3 +200,15 @@ def test_metrics_on_real_camvid_masks_match_torchmetrics():
     # and the boundary F of one class against the reference implementation
     p, t = (preds[0] == 3).numpy(), (targets[0] == 3).numpy()
     assert M.boundary_f1(torch.from_numpy(p), torch.from_numpy(t)) == pytest.approx(davis_f(p, t))
+
+
+def test_class_weights_and_pixel_counts():
+    from course_lib.data import Shapes
+    from course_lib.losses import class_weights, pixel_counts
+
+    w = class_weights(torch.tensor([75, 25, 0]))
+    assert w[2] == 0 and w[:2].mean() == pytest.approx(1.0)
+    assert w[1] / w[0] == pytest.approx(3 ** 0.5)
+    ds = Shapes(3, size=(16, 16))
+    counts = pixel_counts(ds, 4)
+    assert int(counts.sum()) == 3 * 16 * 16

@@ -51,7 +51,27 @@ def seeded_split(names: list[str], split: str, fractions=(0.7, 0.15, 0.15), seed
     return [names[i] for i in sorted(parts[split])]
 
 
-class Nuclei(Dataset):
+class _IdMapDataset(Dataset):
+    """Items from (image file, instance-id map file) pairs in ``self.pairs``."""
+
+    pairs: list[tuple[Path, Path]]
+    transforms: Callable | None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        img_path, mask_path = self.pairs[index]
+        image = read_image(img_path)
+        id_map = torch.from_numpy(read_array(mask_path).astype(np.int64))
+        check_same_size(image, id_map, img_path, mask_path)
+        target = instance_target(id_map, image_id=index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+class Nuclei(_IdMapDataset):
     """DSB2018 stage-1 nuclei (BBBC038), 664 images of various sizes, one class (nucleus).
 
     A fixed, seeded 70/15/15 split (``seed=0``): train 465 / val 100 / test 99.
@@ -66,23 +86,9 @@ class Nuclei(Dataset):
         self.root = dataset_dir("nuclei", root, download)
         names = [p.stem for p in (self.root / "images").glob("*.png")]
         self.names = seeded_split(names, split, seed=seed)
+        self.pairs = [(self.root / "images" / f"{n}.png", self.root / "masks" / f"{n}.png") for n in self.names]
         self.split = split
         self.transforms = transforms
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int):
-        name = self.names[index]
-        img_path = self.root / "images" / f"{name}.png"
-        mask_path = self.root / "masks" / f"{name}.png"
-        image = read_image(img_path)
-        id_map = torch.from_numpy(read_array(mask_path).astype(np.int64))
-        check_same_size(image, id_map, img_path, mask_path)
-        target = instance_target(id_map, image_id=index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
 
 
 @register_prepare("nuclei")
@@ -108,7 +114,7 @@ def _prepare_nuclei(extracted: Path, target: Path) -> None:
         Image.fromarray(ids).save(target / "masks" / f"{case.name}.png")
 
 
-class PennFudan(Dataset):
+class PennFudan(_IdMapDataset):
     """Penn-Fudan pedestrians (Wang et al. 2007): 170 images, instance masks, one class.
 
     Needs a download (``download=True``); item as in the module doc, label 1 = person.
@@ -120,22 +126,9 @@ class PennFudan(Dataset):
     def __init__(self, root: str | Path | None = None, transforms: Callable | None = None,
                  download: bool = False):
         self.root = dataset_dir("penn_fudan", root, download)
-        self.images = sorted((self.root / "PNGImages").glob("*.png"))
+        self.pairs = [(p, self.root / "PedMasks" / f"{p.stem}_mask.png")
+                      for p in sorted((self.root / "PNGImages").glob("*.png"))]
         self.transforms = transforms
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        img_path = self.images[index]
-        mask_path = self.root / "PedMasks" / f"{img_path.stem}_mask.png"
-        image = read_image(img_path)
-        id_map = torch.from_numpy(read_array(mask_path).astype(np.int64))
-        check_same_size(image, id_map, img_path, mask_path)
-        target = instance_target(id_map, image_id=index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
 
 
 @register_prepare("penn_fudan")

@@ -21,10 +21,12 @@ def _stats(channels: int) -> tuple[tuple, tuple]:
 
 
 def to_model_input(channels: int = 3) -> v2.Compose:
-    """uint8 Image → float normalised Image; masks pass through untouched."""
+    """uint8 Image (or plain uint8 tensor [.., C, H, W]) → float normalised; masks pass
+    through untouched."""
     mean, std = _stats(channels)
     return v2.Compose([
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        # a single dtype converts images (a plain tensor counts as one) and leaves masks alone
+        v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ])
 
