@@ -27,3 +27,41 @@ def class_weights(counts: torch.Tensor, power: float = 0.5) -> torch.Tensor:
     freq = counts.double() / counts.sum().clamp(min=1)
     w = torch.where(freq > 0, freq.clamp(min=1e-12) ** -power, torch.zeros_like(freq))
     return (w / w[w > 0].mean()).float()
+
+
+class DiceLoss(nn.Module):
+    """Soft multi-class Dice loss: 1 − mean over classes of 2·Σ p·g / (Σ p + Σ g).
+
+    ``logits`` [B, C, H, W], ``target`` int64 [B, H, W]; sums run over the whole batch;
+    pixels equal to ``ignore_index`` are left out; the mean is over the classes present in
+    the batch's targets (an absent class has no Dice to learn). Every class counts equally,
+    however few pixels it has, which is why Dice helps small classes (Milletari et al. 2016).
+    """
+
+    def __init__(self, ignore_index: int = 255, eps: float = 1e-6):
+        super().__init__()
+        self.ignore_index, self.eps = ignore_index, eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        num_classes = logits.shape[1]
+        valid = (target != self.ignore_index)[:, None]
+        probs = logits.float().softmax(1) * valid
+        onehot = F.one_hot(torch.where(valid[:, 0], target, 0), num_classes).permute(0, 3, 1, 2) * valid
+        inter = (probs * onehot).sum((0, 2, 3))
+        card = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+        dice = 2 * inter / card.clamp(min=self.eps)
+        present = onehot.sum((0, 2, 3)) > 0
+        return 1 - dice[present].mean() if present.any() else logits.sum() * 0
+
+
+class CEDiceLoss(nn.Module):
+    """Cross-entropy (optionally class-weighted) + ``dice_weight`` × Dice loss."""
+
+    def __init__(self, weight: torch.Tensor | None = None, ignore_index: int = 255, dice_weight: float = 1.0):
+        super().__init__()
+        self.ce = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        self.dice = DiceLoss(ignore_index)
+        self.dice_weight = dice_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.ce(logits, target) + self.dice_weight * self.dice(logits, target)

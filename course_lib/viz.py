@@ -65,26 +65,33 @@ def legend_handles(classes: Sequence[str], palette, with_void: bool = True) -> l
     return handles
 
 
-def show_segmentation(images, gts, preds=None, palette=None, classes=None, titles=("image", "ground truth", "prediction"),
-                      ignore_index: int = 255, size: float = 3.0, legend: bool = True):
-    """Grid: one row per example, columns image | GT | prediction (overlays). Returns the figure."""
-    n = len(images)
-    cols = 2 + (preds is not None)
+def show_segmentation(images, gts, preds=None, palette=None, classes=None, ignore_index: int = 255,
+                      size: float = 3.0, legend: bool = True):
+    """Grid with one row per example: image | ground truth | predictions.
+
+    ``images``: list of images [C, H, W] (uint8, or float in 0..1); ``gts``: label maps [H, W];
+    ``preds``: a list of label maps (one "prediction" column) or a dict ``{column title:
+    list of label maps}`` for several models. Returns the figure.
+    """
+    columns = {} if preds is None else (dict(preds) if isinstance(preds, dict) else {"prediction": preds})
+    titles = ["image", "ground truth", *columns]
+    n, cols = len(images), 2 + len(columns)
     fig, axes = plt.subplots(n, cols, figsize=(size * cols * 4 / 3, size * n), squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(to_numpy_image(images[i]))
         axes[i, 1].imshow(colorize(gts[i], palette, ignore_index))
-        if preds is not None:
-            axes[i, 2].imshow(colorize(preds[i], palette, ignore_index))
-        for j in range(cols):
-            axes[i, j].axis("off")
-            if i == 0:
-                axes[i, j].set_title(titles[j])
+        for j, maps in enumerate(columns.values(), start=2):
+            axes[i, j].imshow(colorize(maps[i], palette, ignore_index))
+    for j, title in enumerate(titles):
+        axes[0, j].set_title(title)
+    for a in axes.flat:
+        a.axis("off")
     if legend and classes is not None:
         fig.legend(handles=legend_handles(classes, palette), loc="lower center",
                    ncol=min(6, len(classes) + 1), fontsize=8, frameon=False)
-        fig.subplots_adjust(bottom=0.12 if n > 1 else 0.2)
-    fig.tight_layout(rect=(0, 0.06, 1, 1) if legend and classes is not None else None)
+        fig.tight_layout(rect=(0, 0.1 / n + 0.02, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -129,7 +136,7 @@ def plot_history(history, keys: Sequence[str] = ("train_loss", "val_miou"), axes
 def bar_per_class(values: dict[str, Sequence[float]], classes: Sequence[str], ylabel: str = "IoU", ax=None):
     """Grouped bars: one group per class, one bar per entry of ``values`` (name → [C])."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(6, 0.7 * len(classes) * len(values)), 3.2))
+        _, ax = plt.subplots(figsize=(min(14, max(6, 0.5 * len(classes) * len(values))), 3.2))
     width = 0.8 / len(values)
     x = np.arange(len(classes))
     for k, (name, v) in enumerate(values.items()):

@@ -204,3 +204,14 @@ def test_to_model_input_on_plain_batches():
     x = D.to_model_input()(batch)
     assert x.dtype == torch.float32
     torch.testing.assert_close(D.denormalize(x), torch.ones(2, 3, 4, 5))
+
+
+def test_semantic_loaders_smoke_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    prof = get_profile("smoke")
+    L = D.semantic_loaders("camvid", prof, (32, 48), torch.Generator().manual_seed(0))
+    x, y = next(iter(L.train))
+    assert x.shape == (prof.batch_size, 3, 32, 48) and y.shape == (prof.batch_size, 32, 48)
+    assert L.num_classes == 4 and len(L.class_weights) == 4
+    xv, yv = next(iter(L.val))
+    assert xv.dtype == torch.float32 and yv.shape[-2:] == xv.shape[-2:]

@@ -212,3 +212,28 @@ def test_class_weights_and_pixel_counts():
     ds = Shapes(3, size=(16, 16))
     counts = pixel_counts(ds, 4)
     assert int(counts.sum()) == 3 * 16 * 16
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dice_loss_matches_smp(seed):
+    """smp averages (1 − Dice) over all C classes with absent classes counted as 0; ours
+    averages over the present classes, so ours = smp · C / n_present."""
+    from segmentation_models_pytorch.losses import DiceLoss as SmpDice
+
+    from course_lib.losses import CEDiceLoss, DiceLoss
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 5, 9, 11, generator=g, requires_grad=True)
+    target = torch.randint(0, 4, (2, 9, 11), generator=g)  # class 4 absent
+    target[0, :2] = 255
+    ours = DiceLoss()(logits, target)
+    ref = SmpDice("multiclass", from_logits=True, ignore_index=255, smooth=0.0, eps=1e-6)(logits, target)
+    n_present = len(torch.unique(target[target != 255]))
+    assert float(ours) == pytest.approx(float(ref) * 5 / n_present, rel=1e-5)
+    ours.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    perfect = torch.nn.functional.one_hot(torch.where(target == 255, 0, target), 5).permute(0, 3, 1, 2).float() * 50
+    assert float(DiceLoss()(perfect, target)) == pytest.approx(0.0, abs=1e-4)
+    combo = CEDiceLoss()(logits, target)
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
+    assert float(combo) == pytest.approx(float(ce + ours), rel=1e-6)

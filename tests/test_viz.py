@@ -28,6 +28,8 @@ def test_figures_render():
     masks = [torch.zeros(8, 8, dtype=torch.long)] * 2
     fig = viz.show_segmentation(imgs, masks, masks, palette=[(0, 0, 0), (1, 1, 1)], classes=["a", "b"])
     assert len(fig.axes) == 6
+    fig = viz.show_segmentation(imgs, masks, {"A": masks, "B": masks, "C": masks}, palette=[(0, 0, 0), (1, 1, 1)])
+    assert [a.get_title() for a in fig.axes[:5]] == ["image", "ground truth", "A", "B", "C"]
     ax = viz.plot_confusion_matrix(torch.eye(3, dtype=torch.long) * 5, ["a", "b", "c"])
     assert ax.get_xlabel() == "predicted"
     h = History([{"epoch": 1, "train_loss": 1.0, "val_miou": 0.2}, {"epoch": 2, "train_loss": 0.5, "val_miou": 0.4}])

@@ -1,6 +1,8 @@
 """FCN-32s / 16s / 8s (Long, Shelhamer, Darrell 2015) on a ResNet backbone.
 
-1×1 *score* layers turn the stride-32 (and stride-16, stride-8) features into class scores;
+A 3×3 conv + BN + ReLU + dropout *head* on the stride-32 features plays the part of VGG's
+convolutionalised fc6/fc7 (as torchvision's ``FCNHead`` does for ResNets); 1×1 *score* layers
+turn it (and the stride-16, stride-8 features) into class scores;
 coarser scores are upsampled ×2 by a transposed convolution initialised as bilinear
 interpolation and summed with the next finer score map; a final fixed bilinear transposed
 convolution upsamples by 32 / 16 / 8 back to the input size. As in the paper, the skip score
@@ -14,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .backbones import ResNetFeatures
-from .common import pad_to_multiple
+from .common import conv_bn_relu, pad_to_multiple
 from .upsampling import bilinear_upsampler
 
 STRIDES = {"32s": 32, "16s": 16, "8s": 8}
@@ -30,7 +32,8 @@ class FCN(nn.Module):
         self.variant, self.num_classes = variant, num_classes
         self.backbone = ResNetFeatures(backbone)
         ch = ResNetFeatures.channels
-        self.score32 = nn.Conv2d(ch[32], num_classes, 1)
+        self.head = nn.Sequential(conv_bn_relu(ch[32], ch[32] // 4), nn.Dropout2d(0.1))
+        self.score32 = nn.Conv2d(ch[32] // 4, num_classes, 1)
         if variant in ("16s", "8s"):
             self.score16 = nn.Conv2d(ch[16], num_classes, 1)
             self.up32to16 = bilinear_upsampler(num_classes, 2)
@@ -44,7 +47,7 @@ class FCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (h, w) = pad_to_multiple(x, 32)
         f = self.backbone(x)
-        s = self.score32(f[32])
+        s = self.score32(self.head(f[32]))
         if self.variant in ("16s", "8s"):
             s = self.up32to16(s) + self.score16(f[16])
         if self.variant == "8s":

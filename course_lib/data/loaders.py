@@ -1,0 +1,81 @@
+"""Datasets and DataLoaders for the semantic-segmentation notebooks, sized by the profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..losses import class_weights, pixel_counts
+from ..runtime import Profile
+from .camvid import CamVid
+from .download import DatasetNotFoundError
+from .membrane import Membrane
+from .shapes import Shapes
+from .transforms import eval_transforms, train_transforms
+
+_SEMANTIC = {"camvid": CamVid, "membrane": Membrane}
+
+
+def semantic_dataset(name: str, split: str, profile: Profile, transforms: Callable | None = None,
+                     root: str | Path | None = None) -> Dataset:
+    """A semantic-segmentation dataset for a notebook, falling back to ``Shapes`` in ``smoke``.
+
+    Only in the ``smoke`` profile, a missing real dataset is replaced by a small ``Shapes``
+    set (and a line saying so is printed); in ``cpu``/``gpu`` the DatasetNotFoundError,
+    which says how to get the data, is raised.
+    """
+    try:
+        return _SEMANTIC[name](split, root=root, transforms=transforms)
+    except DatasetNotFoundError as e:
+        if profile.name != "smoke":
+            raise
+        first = str(e).splitlines()[0]
+        print(f"[smoke] {first} -> using the synthetic Shapes dataset instead.")
+        n = 16 if split == "train" else 8
+        return Shapes(n=n, size=profile.camvid_size, seed={"train": 0, "val": 1, "test": 2}.get(split, 3), transforms=transforms)
+
+
+@dataclass
+class SemanticLoaders:
+    """Train / val / test loaders with the dataset's class names, palette and class weights.
+
+    ``train`` yields augmented (image float [B, C, h, w], mask int64 [B, h, w]) at the training
+    size; ``val`` and ``test`` yield full-resolution pairs (metrics use the original labels).
+    ``class_weights`` [num_classes] are √-inverse-frequency weights of the training subset.
+    """
+
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader | None
+    classes: tuple[str, ...]
+    palette: tuple
+    num_classes: int
+    class_weights: torch.Tensor
+
+
+def semantic_loaders(name: str, profile: Profile, size: tuple[int, int], generator: torch.Generator | None = None,
+                     channels: int = 3, root: str | Path | None = None, batch_size: int | None = None) -> SemanticLoaders:
+    """Loaders for "camvid" (val / test splits) at training size ``size`` (H, W), with the
+    profile's subsets, batch size, workers and augmentation scale range. Falls back to
+    Shapes only in ``smoke``."""
+    def subset(ds: Dataset, train: bool) -> Subset:
+        return Subset(ds, range(profile.subset(len(ds), train=train)))  # type: ignore[arg-type]
+
+    train_ds = semantic_dataset(name, "train", profile, train_transforms(size, scale=profile.scale_range, channels=channels), root)
+    val_ds = semantic_dataset(name, "val", profile, eval_transforms(channels), root)
+    test_ds = semantic_dataset(name, "test", profile, eval_transforms(channels), root)
+    bs = batch_size or profile.batch_size
+    common = dict(batch_size=bs, num_workers=profile.num_workers, persistent_workers=profile.num_workers > 0)
+    train_sub = subset(train_ds, True)
+    counts = pixel_counts(train_ds, len(train_ds.classes), len(train_sub))  # type: ignore[attr-defined]
+    return SemanticLoaders(
+        train=DataLoader(train_sub, shuffle=True, drop_last=len(train_sub) > bs, generator=generator, **common),
+        val=DataLoader(subset(val_ds, False), **common),
+        test=DataLoader(subset(test_ds, False), **common),
+        classes=tuple(train_ds.classes), palette=tuple(train_ds.palette),  # type: ignore[attr-defined]
+        num_classes=len(train_ds.classes), class_weights=class_weights(counts),  # type: ignore[attr-defined]
+    )
