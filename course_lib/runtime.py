@@ -36,9 +36,6 @@ class Profile:
     are always computed against the full-resolution 360×480 labels.
     ``max_train_items`` / ``max_eval_items`` cap dataset subsets (``None`` = all).
     ``width`` scales the channel widths of the course's from-scratch models.
-    ``scale_range`` is the random-rescale range of training augmentation: mild for the
-    short laptop schedules (strong augmentation needs many epochs to pay off), DeepLab's
-    0.5–2× for the long ``gpu`` schedules.
     """
 
     name: str
@@ -50,7 +47,6 @@ class Profile:
     batch_size: int
     width: int
     num_workers: int
-    scale_range: tuple[float, float] = (0.75, 1.25)
     extra: dict = field(default_factory=dict)
 
     def subset(self, n: int, train: bool = True) -> int:
@@ -71,7 +67,6 @@ PROFILES: dict[str, Profile] = {
     "gpu": Profile(
         name="gpu", camvid_size=(360, 480), crop_size=(352, 352), max_train_items=None,
         max_eval_items=None, epochs=120, batch_size=16, width=64, num_workers=8,
-        scale_range=(0.5, 2.0),
     ),
 }
 
