@@ -1,8 +1,10 @@
 """course_lib: the small, tested helper library behind the segmentation course notebooks.
 
-Modules: ``runtime`` (profiles, device, seed), ``data`` (datasets, downloads, augmentation),
-``metrics`` (confusion matrix, IoU, Dice, boundary F1), ``engine`` (train / evaluate,
-checkpoints), ``viz`` (overlays, grids, curves).
+Modules: ``runtime`` (profiles, device, seed), ``data`` (datasets, downloads, augmentation,
+loaders), ``metrics`` (confusion matrix, IoU, Dice, boundary F1), ``engine`` (train /
+evaluate, checkpoints), ``viz`` (overlays, grids, curves), ``models`` (patch classifier, FCN,
+U-Net, SegNet), ``losses`` (class weights, Dice), ``leaderboard`` (CamVid results),
+``exercises`` (checks for the notebooks' exercises).
 """
 
 from .runtime import Profile, Setup, get_device, get_profile, seed_everything, setup

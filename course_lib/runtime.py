@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,6 @@ class Profile:
     batch_size: int
     width: int
     num_workers: int
-    extra: dict = field(default_factory=dict)
 
     def subset(self, n: int, train: bool = True) -> int:
         """How many of ``n`` items this profile uses (train or eval subset)."""
@@ -148,8 +147,3 @@ def setup(seed: int = 0, profile: str | None = None, verbose: bool = True) -> Se
         print(f"data    : {root}  ({src})")
         print(f"seed    : {seed}")
     return Setup(prof, device, root, seed, gen)
-
-
-def with_overrides(profile: Profile, **changes) -> Profile:
-    """A copy of ``profile`` with some fields changed (for exercises and tests)."""
-    return replace(profile, **changes)
