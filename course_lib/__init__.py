@@ -1,10 +1,12 @@
 """course_lib: the small, tested helper library behind the segmentation course notebooks.
 
 Modules: ``runtime`` (profiles, device, seed), ``data`` (datasets, downloads, augmentation,
-loaders), ``metrics`` (confusion matrix, IoU, Dice, boundary F1), ``engine`` (train /
-evaluate, checkpoints), ``viz`` (overlays, grids, curves), ``models`` (patch classifier, FCN,
-U-Net, SegNet), ``losses`` (class weights, Dice), ``leaderboard`` (CamVid results),
-``exercises`` (checks for the notebooks' exercises).
+loaders), ``metrics`` (confusion matrix, IoU, Dice, boundary F1, trimap), ``engine`` (train /
+evaluate / test-time augmentation, checkpoints, the course's training recipe), ``viz``
+(overlays, grids, curves), ``models`` (patch classifier, FCN, U-Net, SegNet, DeepLab v1-v3+),
+``losses`` (class weights, Dice), ``crf`` (fully connected CRF), ``cost`` (activation memory,
+time per call), ``leaderboard`` (CamVid results), ``exercises`` (checks for the notebooks'
+exercises).
 """
 
 from .runtime import Profile, Setup, get_device, get_profile, seed_everything, setup

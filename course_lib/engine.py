@@ -1,6 +1,7 @@
 """Training and evaluation loops shared by every notebook.
 
-- ``fit`` trains with a tqdm.auto progress bar, bf16 autocast and channels_last on CUDA, an
+- ``fit`` trains with a tqdm.auto progress bar, bf16 autocast on CUDA, channels_last memory
+  format on CUDA and CPU (1.4-1.8× faster convolutions on a 2-core x86 CPU, measured), an
   optional LR schedule stepped per batch, and evaluates on the validation set each epoch.
 - With a ``checkpoint`` path, ``fit`` writes model + optimizer + scheduler + history after
   every epoch (atomically: temporary file, then rename), resumes an interrupted run, and
@@ -17,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -91,6 +92,12 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
+def prefers_channels_last(device: torch.device) -> bool:
+    """NHWC is the faster layout for convolutions on CUDA (tensor cores) and on x86 CPUs
+    (oneDNN); on other backends keep the default NCHW."""
+    return device.type in ("cuda", "cpu")
+
+
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     if channels_last and x.dim() == 4:
@@ -104,7 +111,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
     """One pass over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]).
     Returns the mean training loss. Stops early (between batches) past ``deadline``."""
     model.train()
-    channels_last = device.type == "cuda"
+    channels_last = prefers_channels_last(device)
     total, count = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for images, masks in bar:
@@ -130,36 +137,49 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, input_size: tuple[int, int] | None = None,
-            out_size: tuple[int, int] | None = None) -> torch.Tensor:
+            out_size: tuple[int, int] | None = None, scales: Sequence[float] = (1.0,),
+            flip: bool = False) -> torch.Tensor:
     """Logits float [B, C, H_out, W_out] for images [B, C, H, W] already on the model's device.
 
     The images are resized (bilinear) to ``input_size`` first if given; the logits are
-    resized to ``out_size`` (default: the images' own H×W).
+    resized to ``out_size`` (default: the images' own H×W). Test-time augmentation (DeepLab
+    v3): with several ``scales`` (multiples of the input size) and/or ``flip``, the softmax
+    probabilities of every pass are averaged at ``out_size`` and their log is returned.
     """
     out_size = out_size or tuple(images.shape[-2:])
-    x = images
-    if input_size is not None and tuple(x.shape[-2:]) != tuple(input_size):
-        x = F.interpolate(x, size=input_size, mode="bilinear", align_corners=False, antialias=True)
-    with _autocast(images.device):
-        logits = logits_of(model(x)).float()
-    if tuple(logits.shape[-2:]) != tuple(out_size):
-        logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-    return logits
+    base = tuple(input_size) if input_size is not None else tuple(images.shape[-2:])
+
+    def one_pass(size: tuple[int, int], mirrored: bool) -> torch.Tensor:
+        x = images.flip(-1) if mirrored else images
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        with _autocast(images.device):
+            logits = logits_of(model(x)).float()
+        if tuple(logits.shape[-2:]) != tuple(out_size):
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return logits.flip(-1) if mirrored else logits
+
+    passes = [(tuple(max(1, round(s * b)) for b in base), m) for s in scales for m in ((False, True) if flip else (False,))]
+    if len(passes) == 1:
+        return one_pass(*passes[0])
+    probs = sum(one_pass(size, m).softmax(1) for size, m in passes) / len(passes)
+    return probs.clamp_min(1e-12).log()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
              input_size: tuple[int, int] | None = None, ignore_index: int = 255,
-             boundary: bool = False, progress: bool = True) -> dict:
+             boundary: bool = False, progress: bool = True, scales: Sequence[float] = (1.0,),
+             flip: bool = False) -> dict:
     """Metrics over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]) at the
     masks' resolution: dict with ``miou``, ``pixel_acc``, ``iou`` [C], ``dice`` [C], ``cm``
-    (and ``bf1``, ``mbf1`` with ``boundary=True``)."""
+    (and ``bf1``, ``mbf1`` with ``boundary=True``). ``scales``/``flip``: see :func:`predict`."""
     model.eval()
-    channels_last = device.type == "cuda"
+    channels_last = prefers_channels_last(device)
     meter = SegmentationMeter(num_classes, ignore_index, boundary=boundary)
     for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images = _to_device(images, device, channels_last)
-        logits = predict(model, images, input_size, tuple(masks.shape[-2:]))
+        logits = predict(model, images, input_size, tuple(masks.shape[-2:]), scales, flip)
         meter.update(logits.argmax(1), masks.to(device))
     return meter.compute()
 
@@ -199,7 +219,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
     """
     loss_fn = loss_fn or nn.CrossEntropyLoss(ignore_index=ignore_index)
     model.to(device)
-    if device.type == "cuda":
+    if prefers_channels_last(device):
         model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     scheduler = make_scheduler(optimizer, schedule, epochs * steps_per_epoch)
@@ -248,3 +268,25 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
                 print(f"Time budget of {time_budget_s:.0f} s reached after epoch {epoch + 1}.")
             break
     return history
+
+
+def fit_recipe(model: nn.Module, loaders, *, device: torch.device, epochs: int,
+               checkpoint: str | Path | None = None, lr: float = 1e-3, loss_fn: Callable | None = None,
+               input_size: tuple[int, int] | None = None, generator: torch.Generator | None = None,
+               seed: int = 0) -> History:
+    """The course's CamVid training recipe, shared by notebooks 05-08: AdamW (weight decay
+    1e-4) with a one-cycle schedule stepped per batch, class-weighted cross-entropy
+    (``loaders.class_weights``, a :class:`~course_lib.data.SemanticLoaders`) unless ``loss_fn``
+    is given, and no per-epoch validation. The global torch RNG (augmentation, dropout) and
+    ``generator`` (the train loader's shuffle generator) are reset to ``seed``, so that every
+    model sees the same data order and the same augmented images. Initialise the model before.
+    """
+    torch.manual_seed(seed)
+    if generator is not None:
+        generator.manual_seed(seed)
+    if loss_fn is None:
+        loss_fn = nn.CrossEntropyLoss(weight=loaders.class_weights.to(device), ignore_index=255)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    return fit(model, loaders.train, None, num_classes=loaders.num_classes, device=device, epochs=epochs,
+               optimizer=opt, loss_fn=loss_fn, schedule="onecycle", checkpoint=checkpoint,
+               input_size=input_size, progress=False, verbose=False)

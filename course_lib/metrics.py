@@ -96,6 +96,28 @@ def boundary_map(mask: torch.Tensor) -> torch.Tensor:
     return b
 
 
+def label_boundaries(labels: torch.Tensor) -> torch.Tensor:
+    """Pixels of a label map [H, W] whose label differs from a 4-neighbour's → bool [H, W]
+    (both sides of every edge between two regions, void included as a region)."""
+    b = torch.zeros_like(labels, dtype=torch.bool)
+    dx = labels[:, 1:] != labels[:, :-1]
+    dy = labels[1:, :] != labels[:-1, :]
+    b[:, 1:] |= dx
+    b[:, :-1] |= dx
+    b[1:, :] |= dy
+    b[:-1, :] |= dy
+    return b
+
+
+def trimap_band(labels: torch.Tensor, width: int) -> torch.Tensor:
+    """The "trimap" of DeepLab v2 (Fig. 10): bool [H, W], True within ``width`` pixels of a
+    boundary of the label map [H, W]. Score a prediction only there with
+    ``confusion_matrix(pred, torch.where(band, target, ignore_index), ...)``."""
+    if width < 1:
+        raise ValueError(f"width must be ≥ 1 pixel, got {width}.")
+    return dilate(label_boundaries(labels), width - 1)
+
+
 def tolerance_pixels(tolerance: float, height: int, width: int) -> int:
     """Tolerance < 1 is a fraction of the image diagonal (rounded up); ≥ 1 is pixels."""
     if tolerance >= 1:

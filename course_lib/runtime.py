@@ -1,7 +1,7 @@
 """Profiles, device choice, seeding and the setup banner every notebook prints.
 
-A *profile* fixes sizes and schedules (image size, subset sizes, epochs, model width); the
-code path is the same in all three:
+A *profile* fixes sizes (image and crop size, subset sizes, batch size, model width; each
+notebook sets its epochs per profile in its ``CFG``); the code path is the same in all three:
 
 - ``smoke``: CI. Seconds per notebook, tiny subsets; falls back to the synthetic ``Shapes``
   dataset when a real one is absent (and says so).
@@ -32,8 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class Profile:
     """Sizes and schedules for one run of the course.
 
-    ``camvid_size`` is the (H, W) that CamVid images are resized to for training; metrics
-    are always computed against the full-resolution 360×480 labels.
+    ``camvid_size`` is the (H, W) that CamVid images are resized to for training (before the
+    random rescaling); ``crop_size`` the random crops that notebooks 05+ train on. Metrics are
+    always computed against the full-resolution 360×480 labels. Epochs are per notebook
+    (each sets its own in its ``CFG``).
     ``max_train_items`` / ``max_eval_items`` cap dataset subsets (``None`` = all).
     ``width`` scales the channel widths of the course's from-scratch models.
     """
@@ -43,7 +45,6 @@ class Profile:
     crop_size: tuple[int, int]
     max_train_items: int | None
     max_eval_items: int | None
-    epochs: int
     batch_size: int
     width: int
     num_workers: int
@@ -56,16 +57,16 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
-        name="smoke", camvid_size=(96, 128), crop_size=(64, 64), max_train_items=8,
-        max_eval_items=4, epochs=1, batch_size=4, width=8, num_workers=0,
+        name="smoke", camvid_size=(96, 128), crop_size=(64, 96), max_train_items=8,
+        max_eval_items=4, batch_size=4, width=8, num_workers=0,
     ),
     "cpu": Profile(
-        name="cpu", camvid_size=(176, 240), crop_size=(160, 160), max_train_items=None,
-        max_eval_items=None, epochs=20, batch_size=8, width=32, num_workers=0,
+        name="cpu", camvid_size=(176, 240), crop_size=(128, 176), max_train_items=None,
+        max_eval_items=None, batch_size=8, width=32, num_workers=0,
     ),
     "gpu": Profile(
-        name="gpu", camvid_size=(360, 480), crop_size=(352, 352), max_train_items=None,
-        max_eval_items=None, epochs=120, batch_size=16, width=64, num_workers=8,
+        name="gpu", camvid_size=(360, 480), crop_size=(256, 352), max_train_items=None,
+        max_eval_items=None, batch_size=16, width=64, num_workers=8,
     ),
 }
 

@@ -166,16 +166,22 @@ def test_train_transforms_keep_image_and_mask_aligned():
     mask = torch.zeros(60, 80, dtype=torch.int64)
     mask[:30, 50:], mask[30:, :20], mask[40:, 20:] = 1, 2, 3  # asymmetric under flips
     image = tv_tensors.Image(mask.to(torch.uint8).expand(3, -1, -1).clone() * 60)
-    tf = D.train_transforms((48, 64), scale=(0.5, 2.0), color=False)
+    for crop in (None, (32, 40)):
+        _check_alignment(image, mask, D.train_transforms((48, 64), scale=(0.5, 2.0), color=False, crop=crop), crop or (48, 64))
+
+
+def _check_alignment(image, mask, tf, out_size):
     for _ in range(20):
         x, m = tf(image, tv_tensors.Mask(mask.clone()))
-        assert x.shape == (3, 48, 64) and x.dtype == torch.float32
-        assert m.shape == (48, 64) and m.dtype == torch.int64
+        assert x.shape == (3, *out_size) and x.dtype == torch.float32
+        assert m.shape == out_size and m.dtype == torch.int64
         assert set(torch.unique(m).tolist()) <= {0, 1, 2, 3, 255}  # nearest: no new ids
         pixel = (D.denormalize(x)[0] * 255 / 60).round()
         # bilinear (image) and nearest (mask) resampling differ only near region edges
         mf = m[None, None].float()
         interior = (F.max_pool2d(mf, 5, 1, 2) == -F.max_pool2d(-mf, 5, 1, 2))[0, 0] & (m != 255)
+        interior[:2], interior[-2:], interior[:, :2], interior[:, -2:] = False, False, False, False  # a region
+        # edge just outside a crop is mixed into the crop's last row by bilinear resampling only
         agree = (pixel[interior] == m[interior]).float().mean()
         assert agree > 0.99, agree
         flipped = (pixel.flip(-1)[interior] == m[interior]).float().mean()
@@ -212,6 +218,8 @@ def test_semantic_loaders_smoke_fallback(tmp_path, monkeypatch):
     L = D.semantic_loaders("camvid", prof, (32, 48), torch.Generator().manual_seed(0))
     x, y = next(iter(L.train))
     assert x.shape == (prof.batch_size, 3, 32, 48) and y.shape == (prof.batch_size, 32, 48)
+    cropped = D.semantic_loaders("camvid", prof, (32, 48), crop=(16, 24))
+    assert next(iter(cropped.train))[0].shape[-2:] == (16, 24)
     assert L.num_classes == 4 and len(L.class_weights) == 4
     xv, yv = next(iter(L.val))
     assert xv.dtype == torch.float32 and yv.shape[-2:] == xv.shape[-2:]

@@ -237,3 +237,20 @@ def test_dice_loss_matches_smp(seed):
     combo = CEDiceLoss()(logits, target).detach()
     ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
     assert float(combo) == pytest.approx(float((ce + ours).detach()), rel=1e-6)
+
+
+def test_trimap_band_marks_pixels_near_label_edges():
+    from course_lib.metrics import label_boundaries, trimap_band
+
+    labels = torch.zeros(20, 20, dtype=torch.int64)
+    labels[:, 10:] = 1
+    edge = label_boundaries(labels)
+    assert edge.sum() == 2 * 20 and edge[:, 9].all() and edge[:, 10].all()
+    for width in (1, 3, 5):
+        band = trimap_band(labels, width)
+        cols = band.any(0).nonzero().flatten()
+        assert cols.min() == 10 - width and cols.max() == 9 + width  # within `width` px of the edge
+        assert band.all(0)[cols].all()
+    assert not trimap_band(torch.zeros(8, 8, dtype=torch.int64), 3).any()
+    with pytest.raises(ValueError, match="width"):
+        trimap_band(labels, 0)

@@ -17,7 +17,8 @@ def test_profile_from_env_and_default(monkeypatch):
 def test_profiles_share_fields_and_grow():
     s, c, g = (R.PROFILES[n] for n in ("smoke", "cpu", "gpu"))
     assert s.camvid_size[0] < c.camvid_size[0] < g.camvid_size[0] == 360
-    assert s.epochs < c.epochs < g.epochs
+    for p in (s, c, g):  # crops fit inside the training size
+        assert p.crop_size[0] <= p.camvid_size[0] and p.crop_size[1] <= p.camvid_size[1]
     assert s.subset(367) == 8 and c.subset(367) == 367 and s.subset(101, train=False) == 4
 
 

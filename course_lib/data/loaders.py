@@ -58,13 +58,15 @@ class SemanticLoaders:
 
 
 def semantic_loaders(name: str, profile: Profile, size: tuple[int, int], generator: torch.Generator | None = None,
-                     channels: int = 3, root: str | Path | None = None, batch_size: int | None = None) -> SemanticLoaders:
+                     channels: int = 3, root: str | Path | None = None, batch_size: int | None = None,
+                     crop: tuple[int, int] | None = None) -> SemanticLoaders:
     """Loaders for "camvid" (val / test splits) at training size ``size`` (H, W), with the
-    profile's subsets, batch size and workers. Falls back to Shapes only in ``smoke``."""
+    profile's subsets, batch size and workers; training images are random ``crop``s
+    (default: the whole ``size``). Falls back to Shapes only in ``smoke``."""
     def subset(ds: Dataset, train: bool) -> Subset:
         return Subset(ds, range(profile.subset(len(ds), train=train)))  # type: ignore[arg-type]
 
-    train_ds = semantic_dataset(name, "train", profile, train_transforms(size, channels=channels), root)
+    train_ds = semantic_dataset(name, "train", profile, train_transforms(size, channels=channels, crop=crop), root)
     val_ds = semantic_dataset(name, "val", profile, eval_transforms(channels), root)
     test_ds = semantic_dataset(name, "test", profile, eval_transforms(channels), root)
     bs = batch_size or profile.batch_size

@@ -33,18 +33,20 @@ def to_model_input(channels: int = 3) -> v2.Compose:
 
 def train_transforms(size: tuple[int, int], scale: tuple[float, float] = (0.5, 2.0),
                      hflip: bool = True, color: bool = True, channels: int = 3,
-                     ignore_index: int = 255) -> v2.Compose:
+                     ignore_index: int = 255, crop: tuple[int, int] | None = None) -> v2.Compose:
     """Training pipeline for (image uint8 [C, H, W], mask int64 [H, W]).
 
-    Resize to ``size`` (H, W), random rescale by ``scale`` (aspect kept), random crop back
-    to ``size`` (padding the image with 0 and the mask with ``ignore_index``), horizontal
-    flip, colour jitter, then float normalisation. Output: image float [C, *size],
-    mask int64 [*size].
+    Resize to ``size`` (H, W), random rescale by ``scale`` (aspect kept), random crop to
+    ``crop`` (default ``size``; padding the image with 0 and the mask with ``ignore_index``),
+    horizontal flip, colour jitter, then float normalisation. Output: image float
+    [C, *crop], mask int64 [*crop]. A crop smaller than ``size`` trains a fully
+    convolutional model faster on the same scale of objects.
     """
+    crop = tuple(crop or size)
     steps: list = [
         v2.Resize(size, antialias=True),
         v2.ScaleJitter(target_size=size, scale_range=scale, antialias=True),
-        v2.RandomCrop(size, pad_if_needed=True,
+        v2.RandomCrop(crop, pad_if_needed=True,
                       fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}),
     ]
     if hflip:

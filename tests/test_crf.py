@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from course_lib.crf import dense_crf, mean_field
+
+pytest.importorskip("pydensecrf.densecrf")
+
+
+def _noisy_scene(seed=0, h=30, w=40, noise=1.0):
+    """An image of three flat colour regions and noisy class probabilities for it."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((h, w), int)
+    labels[:, w // 2:] = 1
+    labels[h // 3: 2 * h // 3, 4: w // 3] = 2
+    colours = np.array([(20, 20, 20), (200, 200, 200), (30, 200, 60)])
+    image = np.clip(colours[labels] + rng.integers(-10, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+    logits = np.eye(3)[labels].transpose(2, 0, 1) + rng.normal(0, noise, (3, h, w))
+    return image, torch.tensor(logits, dtype=torch.float32).softmax(0).numpy(), labels
+
+
+def test_crf_returns_distributions_and_cleans_up_noise_along_image_edges():
+    image, probs, labels = _noisy_scene()
+    q = dense_crf(image, probs)
+    assert q.shape == probs.shape and q.dtype == np.float32
+    np.testing.assert_allclose(q.sum(0), 1, atol=1e-4)
+    before, after = (probs.argmax(0) == labels).mean(), (q.argmax(0) == labels).mean()
+    assert before < 0.7 and after > 0.98
+
+
+def test_zero_iterations_and_zero_weights_leave_the_probabilities_alone():
+    image, probs, _ = _noisy_scene(1)
+    np.testing.assert_allclose(dense_crf(image, probs, iterations=0), probs, atol=1e-5)
+    np.testing.assert_allclose(dense_crf(image, probs, w1=0, w2=0), probs, atol=1e-5)
+
+
+def test_accepts_torch_tensors():
+    image, probs, _ = _noisy_scene(2)
+    q = dense_crf(torch.from_numpy(image), torch.from_numpy(probs), iterations=2)
+    np.testing.assert_allclose(q, dense_crf(image, probs, iterations=2))
+
+
+@pytest.mark.parametrize("iterations", [1, 5])
+def test_dense_mean_field_agrees_with_pydensecrf(iterations):
+    """The O(N²) mean field and pydensecrf's permutohedral lattice solve the same CRF."""
+    image, probs, _ = _noisy_scene(3)
+    kw = dict(iterations=iterations, w1=5.0, theta_alpha=20.0, theta_beta=10.0)
+    q_lib, q_naive = dense_crf(image, probs, **kw), mean_field(image, probs, **kw).numpy()
+    assert np.abs(q_lib - q_naive).mean() < 0.01
+    assert (q_lib.argmax(0) == q_naive.argmax(0)).mean() > 0.99
+
+
+def test_bad_input_is_explained():
+    image, probs, _ = _noisy_scene(4)
+    with pytest.raises(TypeError, match="uint8"):
+        dense_crf(image.astype(np.float32) / 255, probs)
+    with pytest.raises(ValueError, match="channels last"):
+        dense_crf(image.transpose(2, 0, 1).copy(), probs)
+    with pytest.raises(ValueError, match="upsample"):
+        dense_crf(image, probs[:, :-1])
+    with pytest.raises(ValueError, match="softmax"):
+        dense_crf(image, np.log(probs))  # logits, not probabilities
+    with pytest.raises(ValueError, match="sum to 1"):
+        dense_crf(image, probs * 0.5)
+    with pytest.raises(ValueError, match="C, H, W"):
+        dense_crf(image, probs[0])
+    with pytest.raises(ValueError, match="max_pixels"):
+        mean_field(np.zeros((200, 200, 3), np.uint8), np.full((2, 200, 200), 0.5, np.float32))
