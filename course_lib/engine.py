@@ -170,13 +170,14 @@ def predict(model: nn.Module, images: torch.Tensor, input_size: tuple[int, int] 
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
              input_size: tuple[int, int] | None = None, ignore_index: int = 255,
              boundary: bool = False, progress: bool = True, scales: Sequence[float] = (1.0,),
-             flip: bool = False) -> dict:
+             flip: bool = False, trimap_widths: tuple[int, ...] = ()) -> dict:
     """Metrics over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]) at the
     masks' resolution: dict with ``miou``, ``pixel_acc``, ``iou`` [C], ``dice`` [C], ``cm``
-    (and ``bf1``, ``mbf1`` with ``boundary=True``). ``scales``/``flip``: see :func:`predict`."""
+    (and ``bf1``, ``mbf1`` with ``boundary=True``; ``trimap`` with ``trimap_widths``, see
+    :class:`~course_lib.metrics.SegmentationMeter`). ``scales``/``flip``: see :func:`predict`."""
     model.eval()
     channels_last = prefers_channels_last(device)
-    meter = SegmentationMeter(num_classes, ignore_index, boundary=boundary)
+    meter = SegmentationMeter(num_classes, ignore_index, boundary=boundary, trimap_widths=trimap_widths)
     for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images = _to_device(images, device, channels_last)
         logits = predict(model, images, input_size, tuple(masks.shape[-2:]), scales, flip)

@@ -189,19 +189,26 @@ class SegmentationMeter:
     ``update(pred, target)`` takes label maps [B, H, W] (or [H, W]).
     ``compute()`` → dict with ``miou``, ``pixel_acc``, ``iou`` [C], ``dice`` [C], ``cm``
     and, when ``boundary=True``, ``bf1`` [C] (mean over images where the class occurs) and
-    ``mbf1`` (nan-mean over classes).
+    ``mbf1`` (nan-mean over classes); with ``trimap_widths``, ``trimap`` {width: mIoU counted
+    only within that many pixels of a ground-truth boundary} (see :func:`trimap_band`).
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255, boundary: bool = False,
-                 tolerance: float = 0.008):
+                 tolerance: float = 0.008, trimap_widths: tuple[int, ...] = ()):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.boundary, self.tolerance = boundary, tolerance
         self.cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.trimap_cms = {w: torch.zeros(num_classes, num_classes, dtype=torch.int64) for w in trimap_widths}
         self.bf_sum = torch.zeros(num_classes, dtype=torch.float64)
         self.bf_count = torch.zeros(num_classes, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         self.cm += confusion_matrix(pred, target, self.num_classes, self.ignore_index).cpu()
+        if self.trimap_cms:
+            void = 255 if self.ignore_index is None else self.ignore_index
+            for pi, ti in zip(pred.reshape(-1, *pred.shape[-2:]), target.reshape(-1, *target.shape[-2:])):
+                for w, cm in self.trimap_cms.items():
+                    cm += confusion_matrix(pi, torch.where(trimap_band(ti, w), ti, void), self.num_classes, void).cpu()
         if self.boundary:
             p, t = pred.reshape(-1, *pred.shape[-2:]).cpu(), target.reshape(-1, *target.shape[-2:]).cpu()
             for pi, ti in zip(p, t):
@@ -217,4 +224,6 @@ class SegmentationMeter:
             bf1 = torch.where(self.bf_count > 0, self.bf_sum / self.bf_count.clamp(min=1), torch.nan).float()
             out["bf1"] = bf1
             out["mbf1"] = float(torch.nanmean(bf1))
+        if self.trimap_cms:
+            out["trimap"] = {w: mean_iou(cm) for w, cm in self.trimap_cms.items()}
         return out

@@ -49,6 +49,7 @@ def test_paper_rates_scale_with_output_stride():
     assert scaled_rates("aspp_v3", 8) == (12, 24, 36)  # "doubled at output stride 8"
     assert scaled_rates("largefov", 8) == (12,)
     assert scaled_rates("aspp_v2", 8) == (6, 12, 18, 24)
+    assert scaled_rates("aspp_v3", 16, resolution_scale=176 / 360) == (3, 6, 9)  # half-resolution input
     assert DeepLab(3, "aspp_v3", "resnet10", 8).rates == (12, 24, 36)
     assert DeepLab(3, "aspp_v3", "resnet10", 16, rates=(3, 6, 9)).rates == (3, 6, 9)
 

@@ -254,3 +254,22 @@ def test_trimap_band_marks_pixels_near_label_edges():
     assert not trimap_band(torch.zeros(8, 8, dtype=torch.int64), 3).any()
     with pytest.raises(ValueError, match="width"):
         trimap_band(labels, 0)
+
+
+def test_meter_trimap_counts_only_pixels_near_boundaries():
+    from course_lib.metrics import trimap_band
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.zeros(2, 24, 32, dtype=torch.int64)
+    target[:, 8:16, 10:20] = 1
+    target[1, :, 25:] = 2
+    target[0, 0, 0] = 255
+    pred = torch.where(torch.rand(2, 24, 32, generator=g) < 0.2, torch.randint(0, 3, (2, 24, 32), generator=g), target)
+    meter = M.SegmentationMeter(3, trimap_widths=(1, 4))
+    meter.update(pred, target)
+    res = meter.compute()
+    for w in (1, 4):
+        cm = sum(M.confusion_matrix(p, torch.where(trimap_band(t, w), t, 255), 3) for p, t in zip(pred, target))
+        assert res["trimap"][w] == pytest.approx(M.mean_iou(cm))
+    assert res["miou"] != res["trimap"][1]  # the band changes what is counted
+    assert "trimap" not in M.SegmentationMeter(3).compute()

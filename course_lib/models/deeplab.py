@@ -46,10 +46,12 @@ def atrous_conv_bn_relu(c_in: int, c_out: int, rate: int) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def scaled_rates(head: str, output_stride: int) -> tuple[int, ...]:
-    """The paper's rates of ``head`` rescaled from the paper's output stride to ``output_stride``."""
+def scaled_rates(head: str, output_stride: int, resolution_scale: float = 1.0) -> tuple[int, ...]:
+    """The paper's rates of ``head`` rescaled from the paper's output stride to ``output_stride``
+    and by ``resolution_scale`` (input size / the size the rates were chosen for), so that each
+    branch covers the same part of the scene."""
     rates, paper_os = PAPER_RATES[head]
-    return tuple(max(1, round(r * paper_os / output_stride)) for r in rates)
+    return tuple(max(1, round(r * paper_os / output_stride * resolution_scale)) for r in rates)
 
 
 class LargeFOV(nn.Module):
