@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from tqdm.auto import tqdm
 
 from .metrics import SegmentationMeter
-from .runtime import get_precision
+from .runtime import device_name, get_precision
 
 
 @dataclass
@@ -226,13 +225,6 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint was trained with another configuration than the one asked for."""
 
 
-def describe_device(device: torch.device) -> str:
-    """A short name for where training ran, e.g. "CPU (2 cores, x86_64)" or the GPU's name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type.upper()} ({os.cpu_count()} cores, {platform.machine()})"
-
-
 def _config_diff(saved: dict, wanted: dict) -> list[str]:
     keys = sorted(set(saved) | set(wanted))
     return [f"{k}: {saved.get(k, '<not recorded>')!r} in the checkpoint, {wanted.get(k, '<not set>')!r} now"
@@ -306,7 +298,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
         start_epoch = state["epoch"]
         if verbose:
             print(f"Resuming from {checkpoint} at epoch {start_epoch}/{epochs}.")
-    history.meta.update(device=describe_device(device), precision=precision)
+    history.meta.update(device=device_name(device), precision=precision)
     start = time.perf_counter()
     deadline = (start + time_budget_s - history.train_time_s) if time_budget_s is not None else None
     for epoch in range(start_epoch, epochs):

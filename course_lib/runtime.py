@@ -135,6 +135,13 @@ def get_precision(device: torch.device, prefer: str | None = None) -> str:
     return "fp32"
 
 
+def device_name(device: torch.device) -> str:
+    """A short human description of ``device`` for result tables, e.g. "CPU (2 cores, x86_64)"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type.upper()} ({os.cpu_count()} cores, {platform.machine()})"
+
+
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); returns a seeded CPU generator."""
     random.seed(seed)
