@@ -106,10 +106,11 @@ def main() -> None:
     seed_everything(args.seed)
     device, size, budget = get_device(), tuple(args.size), 60 * args.minutes
 
-    train_set = D.CamVid("train", transforms=transforms_for(args.recipe, size, tuple(args.scale), args.crop and tuple(args.crop),
-                                                             color=not args.no_color))
-    val_set = D.CamVid("val", transforms=D.eval_transforms())
-    test_set = D.CamVid("test", transforms=D.eval_transforms())
+    # each split decoded once into memory (train at --size: the recipe's first Resize is then a no-op)
+    train_set = D.InMemory(D.CamVid("train"), size, transforms_for(args.recipe, size, tuple(args.scale),
+                                                                   args.crop and tuple(args.crop), color=not args.no_color))
+    val_set = D.InMemory(D.CamVid("val"), transforms=D.eval_transforms())
+    test_set = D.InMemory(D.CamVid("test"), transforms=D.eval_transforms())
     C = train_set.num_classes
     weights = class_weights(pixel_counts(train_set, C)).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=255)

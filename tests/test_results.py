@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 import torch
 
 from course_lib import results as R
@@ -35,3 +36,27 @@ def test_nan_becomes_null_and_bad_names_and_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON.*git checkout"):
         R.load_results("broken", tmp_path)
     assert R.load_results("absent", tmp_path) == {"name": "absent", "runs": []}
+
+
+@pytest.mark.realdata
+def test_reference_script_records_each_arm_and_seed_once(camvid_dir, tmp_path, capsys):
+    """benchmarks/camvid_reference.py on smoke-sized CamVid: one file, one run per (arm, seed),
+    with history and provenance; a second call skips what is recorded."""
+    import importlib.util
+
+    from course_lib.runtime import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("camvid_reference", REPO_ROOT / "benchmarks" / "camvid_reference.py")
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    argv = ["--study", "t", "--arms", "unet-w8", "--seeds", "0", "1", "--epochs", "4", "--profile", "smoke",
+            "--val-points", "2", "--results-dir", str(tmp_path)]
+    ref.main(argv)
+    runs = R.load_results("t", tmp_path)["runs"]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [("unet-w8", 0), ("unet-w8", 1)]
+    r = runs[0]
+    assert 0 <= r["metrics"]["test_miou"] <= 1 and set(r["metrics"]["test_trimap"]) == {"2", "5", "10"}
+    assert [h["epoch"] for h in r["history"]] == [1, 2, 3, 4] and "val_miou" in r["history"][-1]
+    assert r["provenance"]["profile"] == "smoke" and r["provenance"]["epochs"] == 4 and r["wall_s"] > 0
+    ref.main(argv)
+    assert "already recorded, skipped" in capsys.readouterr().out
