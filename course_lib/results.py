@@ -119,3 +119,49 @@ def paired_differences(runs: list[dict], metric: str, arm: str, baseline: str) -
         return {}
     a, b = s[arm]["values"], s[baseline]["values"]
     return {seed: a[seed] - b[seed] for seed in sorted(set(a) & set(b))}
+
+
+def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=None, scale: float = 100.0,
+               label: str | None = None):
+    """Each seed's value of ``metric`` per arm (points, seeds joined across arms by thin lines:
+    the pairing) with the arm's mean (a bar), so the spread is visible next to the difference."""
+    import matplotlib.pyplot as plt
+
+    s = summarize(runs, metric)
+    arms = [a for a in (arms or list(s)) if a in s]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.3 * len(arms) + 2, 3.2))
+    seeds = sorted({k for a in arms for k in s[a]["values"]})
+    for seed in seeds:
+        xs = [i for i, a in enumerate(arms) if seed in s[a]["values"]]
+        ys = [scale * s[arms[i]]["values"][seed] for i in xs]
+        ax.plot(xs, ys, "-o", color="0.6", lw=0.8, ms=4, zorder=2)
+    for i, a in enumerate(arms):
+        ax.hlines(scale * s[a]["mean"], i - 0.3, i + 0.3, color="C3", lw=2.5, zorder=3)
+        ax.annotate(f"{scale * s[a]['mean']:.1f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
+    ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
+    ax.set_ylabel(label or metric)
+    ax.set_title(f"{label or metric}: each seed (grey, paired) and the mean (red)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def plot_curves(runs: list[dict], keys: tuple[str, ...] = ("train_loss", "val_miou"), axes=None):
+    """Training curves of every (arm, seed) from the stored per-epoch history, one colour per arm."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.2), squeeze=False)
+        axes = axes[0]
+    arms = sorted({r["arm"] for r in runs})
+    for ax, key in zip(axes, keys):
+        for r in runs:
+            pts = [(h["epoch"], h[key]) for h in r["history"] if h.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), "-o", ms=2.5, lw=1, color=f"C{arms.index(r['arm']) % 10}",
+                        label=r["arm"] if r["seed"] == min(x["seed"] for x in runs if x["arm"] == r["arm"]) else None)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return axes

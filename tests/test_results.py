@@ -60,3 +60,19 @@ def test_reference_script_records_each_arm_and_seed_once(camvid_dir, tmp_path, c
     assert r["provenance"]["profile"] == "smoke" and r["provenance"]["epochs"] == 4 and r["wall_s"] > 0
     ref.main(argv)
     assert "already recorded, skipped" in capsys.readouterr().out
+
+
+def test_plots_show_every_seed_and_curve(tmp_path):
+    import matplotlib.pyplot as plt
+
+    for arm, base in (("a", 0.4), ("b", 0.5)):
+        for seed in range(3):
+            R.record_run("p", arm, seed, {"m": base + 0.01 * seed}, provenance={}, root=tmp_path,
+                         history=[{"epoch": e, "train_loss": 1.0 / e, "val_miou": base} for e in (1, 2, 3)])
+    runs = R.load_results("p", tmp_path)["runs"]
+    ax = R.plot_seeds(runs, "m", ["a", "b"])
+    assert len(ax.lines) == 3  # one paired line per seed
+    assert [round(float(c.get_segments()[0][0][1]), 3) for c in ax.collections] == [41.0, 51.0]
+    axes = R.plot_curves(runs)
+    assert len(axes[0].lines) == 6 and len(axes[0].get_legend().get_texts()) == 2
+    plt.close("all")
