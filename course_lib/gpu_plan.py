@@ -22,14 +22,16 @@ import torch
 import torch.nn as nn
 
 from .cost import saved_activation_bytes
+from .data.camvid import CamVid
+from .data.membrane import Membrane
 from .engine import autocast, logits_of
 from .runtime import PROFILES, REPO_ROOT, Profile
 from .models import FCN, DeepLab, PatchClassifier, SegNet, UNet, convolutionalize, dense_logits
 from .models.deeplab import scaled_rates
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
-CAMVID_CLASSES = 11      # course_lib.data.CamVid.num_classes (not imported: that needs no data, but keep this light)
-MEMBRANE_CLASSES = 2
+CAMVID_CLASSES = CamVid.num_classes
+MEMBRANE_CLASSES = Membrane.num_classes
 MEMBRANE_SIZE = 512      # ISBI 2012 slices are 512×512 gray
 PATCH_BATCH = 256        # notebook 02 trains its patch classifier on batches of 256 patches
 MEMBRANE_BATCH = 4       # notebook 05 trains its membrane U-Net on batches of 4 crops
@@ -208,16 +210,17 @@ class MemoryEstimate:
         return self.state + self.activations
 
 
-def training_memory(m: PlannedModel, batch: int | None = None, precision: str = "bf16",
+def training_memory(m: PlannedModel, batch: int | None = None, precision: str = "fp32",
                     measure_batch: int | None = None) -> MemoryEstimate:
-    """Training memory of ``m`` at ``batch`` (default: its planned batch) in ``precision``:
-    parameters, gradients and AdamW state (4 × 4 B per parameter) plus the activations saved
-    for backward (:func:`course_lib.cost.saved_activation_bytes`, measured on CPU under the
-    engine's autocast at ``measure_batch`` images of ``train_size`` and scaled linearly to
-    ``batch``; under bf16 autocast they include the bf16 copies of the weights). A tensor
-    saved by two operations is counted twice, so this errs on the high side."""
+    """Training memory of ``m`` at ``batch`` (default: its planned batch): parameters,
+    gradients and AdamW state (4 × 4 B per parameter) plus the activations saved for backward
+    (:func:`course_lib.cost.saved_activation_bytes`, one forward + backward on CPU under the
+    engine's autocast for ``precision`` at ``measure_batch`` images of ``train_size``, scaled
+    linearly to ``batch``). In fp32 this errs on the high side for a bf16 run (most saved
+    tensors halve; in bf16 the weights' bf16 copies would count as saved tensors), and a tensor
+    saved by two operations is counted twice."""
     batch = batch or m.batch_size
-    measure_batch = measure_batch or max(m.min_train_batch, 1)
+    measure_batch = measure_batch or m.min_train_batch
     torch.manual_seed(0)
     model = m.build().train()
     params = sum(p.numel() for p in model.parameters())
