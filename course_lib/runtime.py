@@ -112,12 +112,21 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """True for CUDA GPUs with bf16 tensor cores (compute capability ≥ 8.0)."""
+    try:
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    except (AssertionError, RuntimeError):  # no CUDA build or no GPU
+        return False
+
+
 def get_precision(device: torch.device, prefer: str | None = None) -> str:
     """Training/inference precision: "bf16" (autocast; losses and metrics stay fp32) or "fp32".
 
     ``prefer`` or ``$COURSE_PRECISION`` (fp32 | bf16, any case) decide; otherwise bf16 on
-    CUDA and on CPUs with native bf16 (:func:`cpu_has_fast_bf16`), fp32 elsewhere (MPS,
-    CPUs without bf16 units).
+    GPUs with native bf16 (compute capability ≥ 8.0: A100, RTX 30xx and later) and on CPUs
+    with native bf16 (:func:`cpu_has_fast_bf16`), fp32 elsewhere (T4, V100, MPS, CPUs
+    without bf16 units), where bf16 would be emulated.
     """
     choice = prefer or os.environ.get(PRECISION_ENV)
     if choice:
@@ -129,7 +138,7 @@ def get_precision(device: torch.device, prefer: str | None = None) -> str:
             raise ValueError(f"bf16 autocast is not supported on MPS; unset ${PRECISION_ENV} or set it to fp32.")
         return name
     if device.type == "cuda":
-        return "bf16"
+        return "bf16" if cuda_has_native_bf16(device) else "fp32"
     if device.type == "cpu" and cpu_has_fast_bf16():
         return "bf16"
     return "fp32"

@@ -47,7 +47,10 @@ def test_precision_auto_env_and_errors(monkeypatch):
     assert R.get_precision(cpu) == "fp32"  # emulated bf16 is slower than fp32: never chosen
     monkeypatch.setattr(R, "cpu_has_fast_bf16", lambda: True)
     assert R.get_precision(cpu) == "bf16"
+    monkeypatch.setattr(R, "cuda_has_native_bf16", lambda d: True)
     assert R.get_precision(torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(R, "cuda_has_native_bf16", lambda d: False)  # a T4 or V100
+    assert R.get_precision(torch.device("cuda")) == "fp32"
     assert R.get_precision(torch.device("mps")) == "fp32"
     monkeypatch.setenv("COURSE_PRECISION", " FP32 ")
     assert R.get_precision(cpu) == "fp32"
