@@ -223,3 +223,50 @@ def test_semantic_loaders_smoke_fallback(tmp_path, monkeypatch):
     assert L.num_classes == 4 and len(L.class_weights) == 4
     xv, yv = next(iter(L.val))
     assert xv.dtype == torch.float32 and yv.shape[-2:] == xv.shape[-2:]
+
+
+# ---------------------------------------------------------------- reliability (issue 9)
+
+def _nuclei_folder(tmp_path, mask: np.ndarray, mode: str | None = None):
+    root = tmp_path / "nuclei"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((*mask.shape[:2], 3), np.uint8)).save(root / "images" / "case.png")
+    Image.fromarray(mask, mode=mode).save(root / "masks" / "case.png") if mode else \
+        Image.fromarray(mask).save(root / "masks" / "case.png")
+    return D.Nuclei("train", root=tmp_path)  # one item: it is in train
+
+
+def _three_blobs(value=255, dtype=np.uint8):
+    m = np.zeros((20, 30), dtype)
+    m[2:6, 2:6] = m[10:14, 10:14] = m[2:6, 20:26] = value
+    return m
+
+
+@pytest.mark.parametrize("value,dtype", [(255, np.uint8), (65535, np.uint16)])
+def test_binary_nuclei_mask_is_not_read_as_one_instance(tmp_path, value, dtype):
+    ds = _nuclei_folder(tmp_path, _three_blobs(value, dtype))
+    with pytest.raises(ValueError, match=rf"case\.png.*binary.*{value}.*instance-id map.*scipy\.ndimage\.label"):
+        ds[0]
+
+
+def test_bilevel_png_mask_is_refused(tmp_path):
+    ds = _nuclei_folder(tmp_path, _three_blobs(1, np.uint8).astype(bool), mode="1")
+    with pytest.raises(ValueError, match="binary"):
+        ds[0]
+
+
+def test_real_id_maps_still_read(tmp_path):
+    ids = _three_blobs(1)
+    ids[10:14, 10:14], ids[2:6, 20:26] = 2, 3
+    _, target = _nuclei_folder(tmp_path, ids)[0]
+    assert target["masks"].shape == (3, 20, 30)
+    one = np.zeros((20, 30), np.uint8)
+    one[3:8, 3:8] = 1  # a single instance with id 1 is a valid id map
+    assert _nuclei_folder(tmp_path / "b", one)[0][1]["masks"].shape == (1, 20, 30)
+
+
+def test_rgb_instance_mask_says_single_channel(tmp_path):
+    ds = _nuclei_folder(tmp_path, np.stack([_three_blobs(1)] * 3, -1))
+    with pytest.raises(ValueError, match=r"case\.png.*\(20, 30, 3\).*single-channel"):
+        ds[0]

@@ -38,6 +38,27 @@ def instance_target(id_map: torch.Tensor, label: int = 1, image_id: int = 0) -> 
     }
 
 
+def read_id_map(path: Path | str) -> torch.Tensor:
+    """An instance-id map file (single-channel PNG: 0 = background, 1..N = instances) →
+    int64 [H, W]. Raises ValueError naming the file for an RGB mask or a *binary* mask
+    (bilevel, or every foreground pixel 255 / 65535), which would otherwise be read as one
+    instance covering all the objects."""
+    arr = read_array(path)
+    if arr.ndim != 2:
+        raise ValueError(f"Instance mask {path} has shape {tuple(arr.shape)}: an instance-id map must be a "
+                         f"single-channel image [H, W] (uint8/uint16 grayscale PNG, 0 = background, "
+                         f"1..N = instances), not RGB.")
+    top = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else None
+    fg = arr[arr > 0]
+    if arr.dtype == bool or (top is not None and fg.size and fg.min() == top):
+        value = 1 if arr.dtype == bool else top
+        raise ValueError(f"Instance mask {path} is binary (every foreground pixel is {value}), not an "
+                         f"instance-id map (0 = background, 1..N = one id per object): it would be read as "
+                         f"a single instance. Give each object its own id, e.g. "
+                         f"scipy.ndimage.label(mask > 0)[0] (touching objects then merge).")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
 def seeded_split(names: list[str], split: str, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> list[str]:
     """A fixed train/val/test split of ``names`` (sorted first, then a seeded permutation)."""
     names = sorted(names)
@@ -63,7 +84,7 @@ class _IdMapDataset(Dataset):
     def __getitem__(self, index: int):
         img_path, mask_path = self.pairs[index]
         image = read_image(img_path)
-        id_map = torch.from_numpy(read_array(mask_path).astype(np.int64))
+        id_map = read_id_map(mask_path)
         check_same_size(image, id_map, img_path, mask_path)
         target = instance_target(id_map, image_id=index)
         if self.transforms is not None:
