@@ -257,6 +257,9 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
         images = _to_device(images, device, channels_last)
         logits = predict(model, images, input_size, tuple(masks.shape[-2:]), scales, flip)
         meter.update(logits.argmax(1), masks.to(device))
+    if int(meter.cm.sum()) == 0:
+        raise ValueError(f"evaluate found no labelled pixels to score: the loader is empty (an empty split "
+                         f"file or subset) or every pixel is ignore_index={ignore_index}.")
     return meter.compute()
 
 

@@ -270,3 +270,52 @@ def test_rgb_instance_mask_says_single_channel(tmp_path):
     ds = _nuclei_folder(tmp_path, np.stack([_three_blobs(1)] * 3, -1))
     with pytest.raises(ValueError, match=r"case\.png.*\(20, 30, 3\).*single-channel"):
         ds[0]
+
+
+def _camvid_with_splits(tmp_path, **splits):
+    root = tmp_path / "camvid"
+    (root / "train").mkdir(parents=True)
+    (root / "trainannot").mkdir()
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(root / "train" / "x.png")
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(root / "trainannot" / "x.png")
+    for name, text in splits.items():
+        (root / f"{name}.txt").write_text(text)
+    return root
+
+
+def test_empty_split_file_is_named(tmp_path):
+    _camvid_with_splits(tmp_path, train="\n\n", val="train/x.png trainannot/x.png\n")
+    with pytest.raises(ValueError, match=r"train\.txt lists no image/label pairs.*download"):
+        D.CamVid("train", root=tmp_path)
+
+
+def test_empty_val_split_is_not_a_silent_nan(tmp_path):
+    _camvid_with_splits(tmp_path, train="train/x.png trainannot/x.png\n", val="")
+    with pytest.raises(ValueError, match=r"val\.txt lists no image/label pairs"):
+        D.CamVid("val", root=tmp_path)
+
+
+def test_missing_split_file_says_the_folder_is_incomplete(tmp_path):
+    _camvid_with_splits(tmp_path, train="train/x.png trainannot/x.png\n")
+    with pytest.raises(FileNotFoundError, match=r"val\.txt.*incomplete.*python -m course_lib\.data camvid"):
+        D.CamVid("val", root=tmp_path)
+
+
+def test_image_folders_without_images_are_named(tmp_path):
+    (tmp_path / "membrane" / "train" / "label").mkdir(parents=True)
+    (tmp_path / "membrane" / "train" / "label" / "0.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no images.*membrane/train/image"):
+        D.Membrane("train", root=tmp_path)
+    (tmp_path / "nuclei" / "masks").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no images.*nuclei/images"):
+        D.Nuclei("train", root=tmp_path)
+
+
+def test_tiny_coco_bad_annotation_file_is_named(tmp_path):
+    root = tmp_path / "tiny_coco"
+    (root / "train_2017_small").mkdir(parents=True)
+    ann = root / "instances_train2017_small.json"
+    for text in ("{not json", "", '{"images": []}'):
+        ann.write_text(text)
+        with pytest.raises(ValueError, match=r"instances_train2017_small\.json.*(download|COCO)"):
+            D.TinyCOCO(root=tmp_path)

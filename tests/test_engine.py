@@ -356,3 +356,12 @@ def test_read_only_checkpoint_folder_fails_before_training(loaders, tmp_path):
     finally:
         ro.chmod(0o700)
     assert counting.batches == 0
+
+
+def test_evaluate_on_an_empty_loader_is_an_error_not_nan():
+    model = tiny_net()
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        E.evaluate(model, [], 4, torch.device("cpu"), progress=False)
+    all_void = (torch.zeros(1, 3, 8, 8), torch.full((1, 8, 8), 255))
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        E.evaluate(model, [all_void], 4, torch.device("cpu"), progress=False)

@@ -264,6 +264,12 @@ def missing_message(name: str, entry: dict, folder: Path) -> str:
     )
 
 
+def incomplete_hint(name: str, folder: Path) -> str:
+    """How to repair an incomplete dataset folder (for the end of an error message)."""
+    return (f"The dataset folder {folder} is incomplete: move it away and download it again with "
+            f"`python -m course_lib.data {name}`, or point ${DATA_ENV} at a complete copy.")
+
+
 def _refuse_foreign_folder(name: str, entry: dict, folder: Path) -> None:
     """Raise FileExistsError if ``folder`` exists without its check file: the course did not
     install it (installs are atomic), so it may hold the user's files."""

@@ -19,7 +19,7 @@ from torchvision import datasets as tvd
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 
-from .download import dataset_dir, register_prepare
+from .download import dataset_dir, incomplete_hint, register_prepare
 from .io import check_same_size, read_array, read_image
 
 
@@ -106,6 +106,9 @@ class Nuclei(_IdMapDataset):
                  transforms: Callable | None = None, download: bool = False, seed: int = 0):
         self.root = dataset_dir("nuclei", root, download)
         names = [p.stem for p in (self.root / "images").glob("*.png")]
+        if not names:
+            raise ValueError(f"Found no images (*.png) in {self.root / 'images'}. "
+                             + incomplete_hint("nuclei", self.root))
         self.names = seeded_split(names, split, seed=seed)
         self.pairs = [(self.root / "images" / f"{n}.png", self.root / "masks" / f"{n}.png") for n in self.names]
         self.split = split
@@ -149,6 +152,9 @@ class PennFudan(_IdMapDataset):
         self.root = dataset_dir("penn_fudan", root, download)
         self.pairs = [(p, self.root / "PedMasks" / f"{p.stem}_mask.png")
                       for p in sorted((self.root / "PNGImages").glob("*.png"))]
+        if not self.pairs:
+            raise ValueError(f"Found no images (*.png) in {self.root / 'PNGImages'}. "
+                             + incomplete_hint("penn_fudan", self.root))
         self.transforms = transforms
 
 
@@ -168,8 +174,14 @@ def TinyCOCO(root: str | Path | None = None, transforms: Callable | None = None,
     [N, H, W], ``labels`` = COCO category ids, ``image_id``). Polygons and crowd RLEs are
     turned into masks by pycocotools inside torchvision's wrapper."""
     folder = dataset_dir("tiny_coco", root, download)
-    ds = tvd.CocoDetection(folder / "train_2017_small", folder / "instances_train2017_small.json",
-                           transforms=transforms)
+    ann = folder / "instances_train2017_small.json"
+    try:
+        ds = tvd.CocoDetection(folder / "train_2017_small", ann, transforms=transforms)
+    except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"Cannot read the COCO annotation file {ann} ({type(e).__name__}: {e}): it is "
+                         f"damaged or not in COCO format. " + incomplete_hint("tiny_coco", folder)) from None
+    if len(ds) == 0:
+        raise ValueError(f"The COCO annotation file {ann} lists no images. " + incomplete_hint("tiny_coco", folder))
     return tvd.wrap_dataset_for_transforms_v2(
         ds, target_keys=("boxes", "labels", "masks", "image_id"))
 
