@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import tempfile
 import time
 import warnings
@@ -221,6 +222,9 @@ def predict(model: nn.Module, images: torch.Tensor, input_size: tuple[int, int] 
     v3): with several ``scales`` (multiples of the input size) and/or ``flip``, the softmax
     probabilities of every pass are averaged at ``out_size`` and their log is returned.
     """
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scales must be one or more finite numbers > 0 (multiples of the input size), "
+                         f"got {tuple(scales)}.")
     out_size = out_size or tuple(images.shape[-2:])
     base = tuple(input_size) if input_size is not None else tuple(images.shape[-2:])
 
@@ -263,11 +267,19 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     return meter.compute()
 
 
+def _folder_message(path: Path) -> str:
+    return (f"Checkpoint path {path} is a folder, not a file: pass a file path inside it, "
+            f"e.g. {path / 'model.pt'}.")
+
+
 def save_checkpoint(path: str | Path, **state) -> Path:
-    """``torch.save(state)`` to ``path`` atomically (write ``<path>.tmp``, then rename)."""
+    """``torch.save(state)`` to ``path`` atomically (write a unique temporary file next to it,
+    then rename), so neither a crash nor a second writer leaves a half-written checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(_folder_message(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -275,11 +287,6 @@ def save_checkpoint(path: str | Path, **state) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
-
-
-def _folder_message(path: Path) -> str:
-    return (f"Checkpoint path {path} is a folder, not a file: pass a file path inside it, "
-            f"e.g. {path / 'model.pt'}.")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

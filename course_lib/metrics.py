@@ -134,8 +134,9 @@ def trimap_band(labels: torch.Tensor, width: int) -> torch.Tensor:
     """The "trimap" of DeepLab v2 (Fig. 10): bool [H, W], True within ``width`` pixels of a
     boundary of the label map [H, W]. Score a prediction only there with
     ``confusion_matrix(pred, torch.where(band, target, ignore_index), ...)``."""
-    if width < 1:
-        raise ValueError(f"width must be ≥ 1 pixel, got {width}.")
+    if isinstance(width, bool) or not (isinstance(width, int) or float(width).is_integer()) or width < 1:
+        raise ValueError(f"width must be a whole number of pixels ≥ 1, got {width!r}.")
+    width = int(width)
     return dilate(label_boundaries(labels), width - 1)
 
 
@@ -205,6 +206,9 @@ def semantic_boundary_f1(pred: torch.Tensor, target: torch.Tensor, num_classes: 
     if pred.shape != target.shape or pred.dim() != 2:
         raise ValueError(f"semantic_boundary_f1 takes label maps [H, W], got {tuple(pred.shape)} "
                          f"and {tuple(target.shape)}.")
+    if pred.is_floating_point() or target.is_floating_point():
+        raise ValueError("semantic_boundary_f1 takes integer label maps, not float tensors "
+                         "(take logits.argmax(0) first).")
     valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
     out = torch.full((num_classes,), torch.nan)
     for c in torch.unique(target[valid]).tolist():

@@ -319,3 +319,14 @@ def test_tiny_coco_bad_annotation_file_is_named(tmp_path):
         ann.write_text(text)
         with pytest.raises(ValueError, match=r"instances_train2017_small\.json.*(download|COCO)"):
             D.TinyCOCO(root=tmp_path)
+
+
+@pytest.mark.parametrize("fractions", [(70, 15, 15), (0.9, 0.3, -0.2), (0.5, 0.5), (0.6, 0.2, float("nan"))])
+def test_seeded_split_fractions_are_validated(fractions):
+    with pytest.raises(ValueError, match="fractions"):
+        D.seeded_split([str(i) for i in range(100)], "train", fractions=fractions)
+
+
+def test_instance_target_needs_an_integer_id_map():
+    with pytest.raises(ValueError, match="integer"):
+        D.instance_target(torch.rand(4, 4))

@@ -365,3 +365,20 @@ def test_evaluate_on_an_empty_loader_is_an_error_not_nan():
     all_void = (torch.zeros(1, 3, 8, 8), torch.full((1, 8, 8), 255))
     with pytest.raises(ValueError, match="no labelled pixels"):
         E.evaluate(model, [all_void], 4, torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("scales", [(), (0.0,), (-1.0, 1.0), (float("nan"),)])
+def test_predict_scales_are_validated(scales):
+    model = nn.Conv2d(3, 4, 1).eval()
+    with pytest.raises(ValueError, match="scales"):
+        E.predict(model, torch.randn(1, 3, 8, 8), scales=scales)
+
+
+def test_save_checkpoint_to_a_folder_or_next_to_a_user_tmp_file(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        E.save_checkpoint(tmp_path, a=1)
+    mine = tmp_path / "x.pt.tmp"
+    mine.write_text("my notes")  # a file of the user's that happens to have the old temp name
+    E.save_checkpoint(tmp_path / "x.pt", a=1)
+    assert mine.read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt", "x.pt.tmp"]

@@ -380,3 +380,23 @@ def test_boundary_f1_validation_property(h, w, seed, kind):
     else:
         with pytest.raises(ValueError, match="binary"):
             M.boundary_f1(x, gt)
+
+
+def test_class_weights_need_labelled_pixels_and_non_negative_counts():
+    from course_lib.losses import class_weights
+
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        class_weights(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="negative"):
+        class_weights(torch.tensor([-1, 5, 3]))
+
+
+@pytest.mark.parametrize("width", [0, -2, float("nan"), 1.5])
+def test_trimap_width_is_a_whole_number_of_pixels(width):
+    with pytest.raises(ValueError, match="width"):
+        M.trimap_band(torch.zeros(4, 4, dtype=torch.long), width)
+
+
+def test_semantic_boundary_f1_needs_integer_label_maps():
+    with pytest.raises(ValueError, match="integer label maps"):
+        M.semantic_boundary_f1(torch.rand(4, 4), torch.zeros(4, 4, dtype=torch.long), 2)

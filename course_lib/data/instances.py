@@ -8,6 +8,7 @@ dataset and its transforms-v2 wrapper).
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,9 @@ from .io import check_same_size, read_array, read_image
 
 def instance_target(id_map: torch.Tensor, label: int = 1, image_id: int = 0) -> dict:
     """Instance-id map int [H, W] (0 = background, 1..N = instances) → detection target."""
+    if id_map.is_floating_point():
+        raise ValueError("instance_target needs an integer instance-id map (0 = background, 1..N), not "
+                         "a float tensor: every distinct float would become an instance.")
     ids = torch.unique(id_map)
     ids = ids[ids != 0]
     masks = (id_map[None] == ids[:, None, None]).to(torch.uint8)  # [N, H, W]
@@ -60,7 +64,12 @@ def read_id_map(path: Path | str) -> torch.Tensor:
 
 
 def seeded_split(names: list[str], split: str, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> list[str]:
-    """A fixed train/val/test split of ``names`` (sorted first, then a seeded permutation)."""
+    """A fixed train/val/test split of ``names`` (sorted first, then a seeded permutation);
+    ``fractions``: three numbers ≥ 0 summing to 1."""
+    if len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions) \
+            or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three numbers ≥ 0 (train, val, test) summing to 1, e.g. "
+                         f"(0.7, 0.15, 0.15); got {tuple(fractions)}.")
     names = sorted(names)
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
     n_train = round(fractions[0] * len(names))
