@@ -450,3 +450,18 @@ def test_random_archive_members_extract_inside_or_are_refused_before_writing(tmp
         for p in out.rglob("*"):
             assert p.resolve().is_relative_to(out.resolve())
     assert sorted(p.name for p in tmp.iterdir()) == sorted([arch.name] + (["out"] if out.exists() else []))
+
+
+def test_partial_file_of_a_killed_download_is_removed_and_a_live_one_kept(server, tmp_path):
+    base, www = server
+    sha = camvid_like_zip(www / "camvid.zip")
+    downloads = tmp_path / "root" / ".downloads"
+    downloads.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = downloads / f"camvid.zip.{dead}.part"
+    stale.write_bytes(b"0" * 1000)
+    live = downloads / f"camvid.zip.{os.getppid()}.part"  # another process, still running
+    live.write_bytes(b"1")
+    fetch("camvid", tmp_path / "root", manifest_for(f"{base}/camvid.zip", sha), progress=False)
+    assert not stale.exists() and live.exists()

@@ -266,10 +266,16 @@ def test_one_cycle_with_one_or_two_steps_says_so():
         E.make_scheduler(torch.optim.SGD([p], lr=1.0), "onecycle", 2)
 
 
-def test_batch_of_one_in_batchnorm_says_what_to_do():
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4),
-                          nn.Upsample(size=(8, 8)))
-    x, y = torch.randn(1, 3, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long)
+@pytest.mark.parametrize("which", ["pooled", "deeplab_aspp_v3"])
+def test_batch_of_one_in_batchnorm_says_what_to_do(which):
+    if which == "pooled":
+        model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4),
+                              nn.Upsample(size=(8, 8)))
+    else:  # ASPP's image pooling branch fails at every input size
+        from course_lib.models import DeepLab
+
+        model = DeepLab(4, head="aspp_v3", channels=16)
+    x, y = torch.randn(1, 3, 32, 32), torch.zeros(1, 32, 32, dtype=torch.long)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"batch of 1.*BatchNorm.*drop_last=True"):
         E.train_one_epoch(model, [(x, y)], nn.CrossEntropyLoss(), opt, torch.device("cpu"), progress=False)
@@ -338,6 +344,19 @@ def test_unwritable_checkpoint_location_fails_before_training(loaders, tmp_path)
               progress=False, verbose=False)
     assert counting.batches == 0
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's read-only /proc")
+def test_checkpoint_on_a_read_only_filesystem_fails_before_training(loaders):
+    """/proc refuses new files even to root: a read-only location on any account."""
+    train, _ = loaders
+    counting = _CountingLoader(train)
+    model = tiny_net()
+    with pytest.raises(OSError, match=r"/proc/course-ckpt/ck\.pt.*before training"):
+        E.fit(model, counting, None, num_classes=4, device=torch.device("cpu"), epochs=2,
+              optimizer=torch.optim.SGD(model.parameters(), lr=0.01), checkpoint="/proc/course-ckpt/ck.pt",
+              progress=False, verbose=False)
+    assert counting.batches == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere")

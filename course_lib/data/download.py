@@ -6,7 +6,7 @@ dataset is there", its ``files`` (``url``, ``filename``, ``sha256``) and a ``pre
 (a function registered with :func:`register_prepare`) that turns the extracted upstream
 layout into the layout the loaders read.
 
-Nothing half-written is left behind: a file is downloaded to ``<name>.part`` and renamed
+Nothing half-written is left behind: a file is downloaded to ``<name>.<pid>.part`` and renamed
 only once its length matches ``Content-Length``, its checksum matched and (for an archive) it
 opens as one; its SHA-256 is then recorded in ``<name>.sha256``, and a cached archive is
 reused only if it still has that checksum. An archive that fails to extract is deleted from
@@ -17,6 +17,7 @@ step. A folder the course did not install is never deleted or overwritten.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import json
@@ -127,11 +128,33 @@ def _discard(path: Path) -> None:
     _record_path(path).unlink(missing_ok=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def _remove_stale(folder: Path, prefix: str, suffix: str = "") -> None:
+    """Delete ``<prefix><pid>-*<suffix>`` / ``<prefix><pid><suffix>`` entries of ``folder`` whose
+    process is gone (a download or extraction that was killed): course temporaries only."""
+    pattern = re.compile(rf"{re.escape(prefix)}(\d+)(-[^/]*)?{re.escape(suffix)}")
+    for p in folder.glob(f"{glob.escape(prefix)}*{suffix}"):
+        m = pattern.fullmatch(p.name)
+        if m and not p.is_symlink() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 def download_file(url: str, dest: Path, sha256: str | None = None, timeout: float = 60.0,
                   progress: bool = True, max_bytes: int = MAX_DOWNLOAD_BYTES) -> Path:
     """Download ``url`` to ``dest`` atomically, check it, and record its SHA-256.
 
-    The data goes to ``dest.part`` first and is renamed only when complete: as many bytes as
+    The data goes to ``dest.<pid>.part`` first and is renamed only when complete: as many bytes as
     the server's ``Content-Length`` announced, the SHA-256 equal to ``sha256`` (if given), and
     for a .zip/.tar.* name an archive that opens. On any failure the partial file is removed
     and DownloadError (or ChecksumError) names the URL. With ``sha256=None`` the checksum is
@@ -140,7 +163,8 @@ def download_file(url: str, dest: Path, sha256: str | None = None, timeout: floa
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    _remove_stale(dest.parent, f"{dest.name}.", ".part")
+    part = dest.with_name(f"{dest.name}.{os.getpid()}.part")  # one per process: no interleaving
     h = hashlib.sha256()
     try:
         try:
@@ -280,27 +304,6 @@ def _refuse_foreign_folder(name: str, entry: dict, folder: Path) -> None:
             f"create: move or rename it (e.g. `mv {folder} {folder}.old`) and run the download again.")
 
 
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: it exists, under another user
-        return True
-    return True
-
-
-def _remove_stale_work_dirs(root: Path, name: str) -> None:
-    """Delete ``.<name>-tmp<pid>-*`` work folders whose process is gone (killed mid-download)."""
-    pattern = re.compile(rf"\.{re.escape(name)}-tmp(\d+)-[^/]+")
-    for d in root.glob(f".{name}-tmp*-*"):
-        m = pattern.fullmatch(d.name)
-        if m and d.is_dir() and not d.is_symlink() and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def dataset_dir(name: str, root: Path | str | None = None, download: bool = False,
                 manifest: dict | None = None) -> Path:
     """The folder of dataset ``name`` under ``root``; download it first if asked.
@@ -346,7 +349,7 @@ def fetch(name: str, root: Path, manifest: dict | None = None, progress: bool = 
         raise KeyError(f"No prepare step {entry['prepare']!r} registered for {name!r}.")
     downloads = root / ".downloads"
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_work_dirs(root, name)
+    _remove_stale(root, f".{name}-tmp")
     work = Path(tempfile.mkdtemp(prefix=f".{name}-tmp{os.getpid()}-", dir=root))
     try:
         extracted = work / "extracted"
