@@ -28,3 +28,12 @@ def test_seconds_per_call_is_the_median():
 
     t = seconds_per_call(fn, repeats=3, warmup=1)
     assert len(calls) == 4 and 0.0 <= t < 0.02
+
+
+def test_seconds_per_call_needs_a_repeat():
+    import pytest
+
+    from course_lib.cost import seconds_per_call
+
+    with pytest.raises(ValueError, match="repeats"):
+        seconds_per_call(lambda: None, repeats=0)

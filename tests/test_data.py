@@ -330,3 +330,10 @@ def test_seeded_split_fractions_are_validated(fractions):
 def test_instance_target_needs_an_integer_id_map():
     with pytest.raises(ValueError, match="integer"):
         D.instance_target(torch.rand(4, 4))
+
+
+def test_unknown_semantic_dataset_name_lists_the_choices():
+    with pytest.raises(ValueError, match=r"'voc'.*camvid.*membrane"):
+        D.semantic_dataset("voc", "train", get_profile("smoke"))
+    with pytest.raises(ValueError, match="'CamVid'"):
+        D.semantic_loaders("CamVid", get_profile("smoke"), (32, 32))
