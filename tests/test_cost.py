@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -31,9 +32,5 @@ def test_seconds_per_call_is_the_median():
 
 
 def test_seconds_per_call_needs_a_repeat():
-    import pytest
-
-    from course_lib.cost import seconds_per_call
-
     with pytest.raises(ValueError, match="repeats"):
         seconds_per_call(lambda: None, repeats=0)
