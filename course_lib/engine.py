@@ -312,6 +312,10 @@ def _restore_model(model: nn.Module, state: dict, path: str | Path) -> None:
         keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a checkpoint written by fit (it holds {keys}); pass another "
                          f"checkpoint path. The file was left as it is.")
+    if not all(bool(torch.isfinite(v).all()) for v in state["model"].values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point()):
+        raise FloatingPointError(f"Checkpoint {path} holds NaN/inf weights (a run that diverged): delete it "
+                                 f"and train again with a lower learning rate.")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

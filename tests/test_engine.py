@@ -401,3 +401,15 @@ def test_save_checkpoint_to_a_folder_or_next_to_a_user_tmp_file(tmp_path):
     E.save_checkpoint(tmp_path / "x.pt", a=1)
     assert mine.read_text() == "my notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt", "x.pt.tmp"]
+
+
+def test_a_complete_checkpoint_with_nan_weights_is_not_loaded_silently(loaders, tmp_path):
+    """Checkpoints that older versions saved after a divergence: refuse them on load."""
+    ckpt = tmp_path / "diverged.pt"
+    model = tiny_net()
+    _train_once(loaders, ckpt, model)
+    state = torch.load(ckpt, weights_only=True)
+    state["model"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state["model"].items()}
+    E.save_checkpoint(ckpt, **state)
+    with pytest.raises(FloatingPointError, match=rf"{ckpt.name}.*NaN.*[Dd]elete it"):
+        _train_once(loaders, ckpt, tiny_net())
