@@ -360,12 +360,13 @@ def fetch(name: str, root: Path, manifest: dict | None = None, progress: bool = 
             try:
                 if not (archive.exists() and expected and sha256sum(archive) == expected.lower()):
                     download_file(f["url"], archive, f.get("sha256"), progress=progress)
+            except (DownloadError, ChecksumError) as e:
+                raise type(e)(f"Dataset {name!r}: {e}") from None
+            try:
                 if f.get("extract", True):
                     safe_extract(archive, extracted)
                 else:
                     shutil.copy2(archive, extracted / f["filename"])
-            except (DownloadError, ChecksumError) as e:
-                raise type(e)(f"Dataset {name!r}: {e}") from None
             except (ValueError, zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
                 _discard(archive)  # never keep an archive that failed
                 if isinstance(e, ValueError):
