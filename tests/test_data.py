@@ -337,3 +337,13 @@ def test_unknown_semantic_dataset_name_lists_the_choices():
         D.semantic_dataset("voc", "train", get_profile("smoke"))
     with pytest.raises(ValueError, match="'CamVid'"):
         D.semantic_loaders("CamVid", get_profile("smoke"), (32, 32))
+
+
+def test_oversized_image_names_the_file(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(path)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 40 × 60 is over twice the limit
+    with pytest.raises(ValueError, match=r"Cannot read image .*x\.png.*decompression bomb"):
+        D.io.read_array(path)

@@ -465,3 +465,10 @@ def test_partial_file_of_a_killed_download_is_removed_and_a_live_one_kept(server
     live.write_bytes(b"1")
     fetch("camvid", tmp_path / "root", manifest_for(f"{base}/camvid.zip", sha), progress=False)
     assert not stale.exists() and live.exists()
+
+
+def test_not_found_message_says_to_move_an_incomplete_folder_first(tmp_path):
+    (tmp_path / "camvid").mkdir()
+    (tmp_path / "camvid" / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetNotFoundError, match=r"exists but has no train\.txt.*move"):
+        dataset_dir("camvid", tmp_path, manifest=manifest_for("http://127.0.0.1:9/x.zip", None))

@@ -279,8 +279,10 @@ def safe_extract(archive: Path, dest: Path, max_members: int = MAX_ARCHIVE_MEMBE
 
 def missing_message(name: str, entry: dict, folder: Path) -> str:
     urls = ", ".join(f["url"] for f in entry.get("files", [])) or "(no download; see data/README.md)"
+    present = (f"  - {folder} exists but has no {entry['check']}: move or rename it first (the "
+               f"course never deletes it).\n" if folder.exists() else "")
     return (
-        f"Dataset {name!r} not found: expected {folder / entry['check']}.\n"
+        f"Dataset {name!r} not found: expected {folder / entry['check']}.\n" + present +
         f"  - Download it with `python -m course_lib.data {name}` (or download=True); "
         f"source: {urls}\n"
         f"  - or point ${DATA_ENV} at a folder that already holds '{entry['folder']}/' "
