@@ -42,6 +42,8 @@ def seconds_per_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1
                      device: torch.device | None = None) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls (CUDA is
     synchronised around each call so that queued kernels are counted)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be ≥ 1, got {repeats}.")
     sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()

@@ -20,22 +20,18 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor
 
 
+MAX_ITERATIONS = 200  # DeepLab uses 10; mean field converges in a few dozen
+MIN_THETA = 0.1  # pixels / intensity levels; below it pydensecrf's lattice overflows and crashes
+
+
 def _as_numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def dense_crf(image: ArrayLike, probs: ArrayLike, iterations: int = 10, w1: float = 4.0,
-              theta_alpha: float = 60.0, theta_beta: float = 5.0, w2: float = 3.0,
-              theta_gamma: float = 3.0) -> np.ndarray:
-    """Refine softmax probabilities with a fully connected CRF.
-
-    image: uint8 [H, W, 3] (RGB, 0..255); probs: float [C, H, W], each pixel's C values ≥ 0
-    summing to 1. Returns the refined probabilities, float32 [C, H, W] (sums to 1).
-    θα, θγ are in pixels, θβ in intensity levels (0..255).
-    """
-    import pydensecrf.densecrf as dcrf  # imported here so that the rest of the course works without it
-
-    img, p = _as_numpy(image), _as_numpy(probs)
+def _check_crf_inputs(img: np.ndarray, p: np.ndarray, iterations, w1: float, theta_alpha: float,
+                      theta_beta: float, w2: float, theta_gamma: float) -> None:
+    """Raise TypeError / ValueError, saying how to fix it, for anything pydensecrf would
+    crash on (a segfault kills a Jupyter kernel without a message) or answer wrongly."""
     if img.dtype != np.uint8:
         raise TypeError(f"image must be uint8 [H, W, 3] in 0..255, got dtype {img.dtype}; "
                         "convert with (image * 255).round().astype(np.uint8) or image.permute(1, 2, 0).numpy().")
@@ -44,6 +40,10 @@ def dense_crf(image: ArrayLike, probs: ArrayLike, iterations: int = 10, w1: floa
     if p.ndim != 3:
         raise ValueError(f"probs must be float [C, H, W], got shape {tuple(p.shape)}.")
     if p.shape[1:] != img.shape[:2]:
+        if p.shape[:2] == img.shape[:2]:
+            raise ValueError(f"probs have shape {tuple(p.shape)}, which looks like [H, W, C] (channels "
+                             f"last); pass [C, H, W]: probs.permute(2, 0, 1) (torch) or "
+                             f"probs.transpose(2, 0, 1) (NumPy).")
         raise ValueError(f"probs are {p.shape[1]}×{p.shape[2]} but the image is {img.shape[0]}×{img.shape[1]}: "
                          "upsample the probabilities to the image size first.")
     if p.shape[0] < 2:
@@ -56,16 +56,42 @@ def dense_crf(image: ArrayLike, probs: ArrayLike, iterations: int = 10, w1: floa
     if np.abs(sums - 1).max() > 1e-3:
         raise ValueError(f"probs must sum to 1 over classes at every pixel (found sums in "
                          f"[{sums.min():.3f}, {sums.max():.3f}]): apply softmax over dim 0 first.")
-    if iterations < 0:
-        raise ValueError(f"iterations must be ≥ 0, got {iterations}.")
+    if isinstance(iterations, bool) or not float(iterations).is_integer() or not 0 <= iterations <= MAX_ITERATIONS:
+        raise ValueError(f"iterations must be a whole number in 0..{MAX_ITERATIONS}, got {iterations!r} "
+                         f"(DeepLab uses 10).")
+    for name, value in (("theta_alpha", theta_alpha), ("theta_beta", theta_beta), ("theta_gamma", theta_gamma)):
+        if not (np.isfinite(value) and value >= MIN_THETA):
+            raise ValueError(f"{name} must be a finite number ≥ {MIN_THETA} (a kernel width in pixels or "
+                             f"intensity levels), got {value!r}; DeepLab's are θα ≈ 30-120, θβ ≈ 3-10, θγ = 3.")
+    for name, value in (("w1", w1), ("w2", w2)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number ≥ 0 (a kernel weight), got {value!r}.")
+
+
+def dense_crf(image: ArrayLike, probs: ArrayLike, iterations: int = 10, w1: float = 4.0,
+              theta_alpha: float = 60.0, theta_beta: float = 5.0, w2: float = 3.0,
+              theta_gamma: float = 3.0) -> np.ndarray:
+    """Refine softmax probabilities with a fully connected CRF.
+
+    image: uint8 [H, W, 3] (RGB, 0..255); probs: float [C, H, W], each pixel's C values ≥ 0
+    summing to 1. Returns the refined probabilities, float32 [C, H, W] (sums to 1).
+    θα, θγ are in pixels, θβ in intensity levels (0..255), each finite and ≥ 0.1; the
+    weights w1, w2 finite and ≥ 0; ``iterations`` 0..200. Anything else raises ValueError
+    (pydensecrf itself would crash the process on some of them).
+    """
+    import pydensecrf.densecrf as dcrf  # imported here so that the rest of the course works without it
+
+    img, p = _as_numpy(image), _as_numpy(probs)
+    _check_crf_inputs(img, p, iterations, w1, theta_alpha, theta_beta, w2, theta_gamma)
     c, h, w = p.shape
     crf = dcrf.DenseCRF2D(w, h, c)
     # unary = −log P (clipped so that a probability of 0 does not give infinite energy)
     unary = -np.log(np.clip(p.reshape(c, -1), 1e-8, 1.0)).astype(np.float32)
     crf.setUnaryEnergy(np.ascontiguousarray(unary))
-    crf.addPairwiseGaussian(sxy=theta_gamma, compat=w2)
-    crf.addPairwiseBilateral(sxy=theta_alpha, srgb=theta_beta, rgbim=np.ascontiguousarray(img), compat=w1)
-    q = np.array(crf.inference(iterations), dtype=np.float32).reshape(c, h, w)
+    crf.addPairwiseGaussian(sxy=float(theta_gamma), compat=float(w2))
+    crf.addPairwiseBilateral(sxy=float(theta_alpha), srgb=float(theta_beta), rgbim=np.ascontiguousarray(img),
+                             compat=float(w1))
+    q = np.array(crf.inference(int(iterations)), dtype=np.float32).reshape(c, h, w)
     return q
 
 
@@ -78,8 +104,10 @@ def mean_field(image: ArrayLike, probs: ArrayLike, iterations: int = 10, w1: flo
     symmetrically: K ← D^-½ K D^-½ with D the row sums), so the two agree up to the
     permutohedral lattice's approximation of the Gaussian filter.
     """
-    img = torch.as_tensor(_as_numpy(image)).float()
-    q = torch.as_tensor(_as_numpy(probs)).float()
+    img_np, p_np = _as_numpy(image), _as_numpy(probs)
+    _check_crf_inputs(img_np, p_np, iterations, w1, theta_alpha, theta_beta, w2, theta_gamma)
+    img = torch.as_tensor(img_np).float()
+    q = torch.as_tensor(p_np).float()
     c, h, w = q.shape
     if h * w > max_pixels:
         raise ValueError(f"mean_field is the O(N²) teaching version: {h}×{w} = {h * w} pixels is over "
@@ -98,7 +126,7 @@ def mean_field(image: ArrayLike, probs: ArrayLike, iterations: int = 10, w1: flo
     pairwise = w1 * appearance + w2 * smoothness  # [N, N]
     unary = -torch.log(q.reshape(c, -1).clamp(1e-8, 1.0))  # [C, N]
     q = q.reshape(c, -1)
-    for _ in range(iterations):
+    for _ in range(int(iterations)):
         # Potts: a label is penalised by the (kernel-weighted) mass of the *other* labels around it,
         # which up to a per-pixel constant is a reward for the mass of the same label
         q = torch.softmax(-unary + q @ pairwise, dim=0)

@@ -20,7 +20,10 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import secrets
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -72,6 +75,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int
     if kind == "poly":
         return LambdaLR(optimizer, _Poly(total_steps, power))
     if kind == "onecycle":
+        if total_steps < 3:
+            warnings.warn(f"A one-cycle schedule over {total_steps} step(s) cannot warm up and anneal; "
+                          f"training at the constant peak lr instead (more epochs or smaller batches "
+                          f"give it room).", stacklevel=2)
+            return None
+        # torch divides by zero when the warm-up is exactly one step and starts at lr 0 when it
+        # is shorter: give it at least two steps
+        pct_start = max(pct_start, 2 / total_steps)
         return OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
                           total_steps=total_steps, pct_start=pct_start)
     if kind == "constant":
@@ -116,25 +127,86 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
     return x
 
 
+def check_targets(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int | None) -> None:
+    """Raise ValueError, naming num_classes and ignore_index, if a label in ``masks`` [B, H, W]
+    is neither a class of ``logits`` [B, C, H, W] (0..C-1) nor ``ignore_index`` (torch would
+    raise "Target 11 is out of bounds", or a device-side assert on CUDA)."""
+    num_classes = logits.shape[1]
+    bad = (masks < 0) | (masks >= num_classes)
+    if ignore_index is not None:
+        bad &= masks != ignore_index
+    if bool(bad.any()):
+        values = torch.unique(masks[bad])[:10].tolist()
+        raise ValueError(
+            f"Training labels hold values {values}, outside 0..{num_classes - 1} (num_classes={num_classes}, "
+            f"the model's output channels) and not the loss's ignore_index={ignore_index}. Check the "
+            f"model's num_classes, the dataset's label mapping, and that the loss ignores void "
+            f"(e.g. nn.CrossEntropyLoss(ignore_index=255)).")
+
+
+def _loss_ignore_index(loss_fn: Callable) -> int | None:
+    """The ignore_index a loss uses: its attribute (nn.CrossEntropyLoss defaults to −100), else
+    the course's 255."""
+    for obj in (loss_fn, getattr(loss_fn, "ce", None)):
+        if obj is not None and hasattr(obj, "ignore_index"):
+            return obj.ignore_index
+    return 255
+
+
+def _forward_train(model: nn.Module, images: torch.Tensor):
+    try:
+        return model(images)
+    except ValueError as e:
+        if "more than 1 value per channel" not in str(e):
+            raise
+        raise ValueError(
+            f"A training batch of {images.shape[0]} image(s) reached a BatchNorm layer with one value per "
+            f"channel ({e}). BatchNorm cannot normalise a batch of 1 at that size: build the DataLoader "
+            f"with drop_last=True (so the last, incomplete batch is dropped) or a batch size ≥ 2.") from None
+
+
+def _check_finite_loss(loss: torch.Tensor, optimizer: torch.optim.Optimizer, where: str) -> None:
+    if not bool(torch.isfinite(loss)):
+        raise FloatingPointError(
+            f"The training loss is {float(loss)} at {where}: training diverged. The learning rate "
+            f"({optimizer.param_groups[0]['lr']:g}) is probably too high (try 10× lower), or the inputs "
+            f"hold NaN/inf. Training stopped; no checkpoint was marked complete.")
+
+
+def _check_finite_weights(model: nn.Module, optimizer: torch.optim.Optimizer, where: str) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise FloatingPointError(
+            f"The model's weights became NaN/inf by {where} (the loss was finite): the learning rate "
+            f"({optimizer.param_groups[0]['lr']:g}) is probably too high. Training stopped; no "
+            f"checkpoint was marked complete.")
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                     device: torch.device, scheduler: LRScheduler | None = None, progress: bool = True,
                     desc: str = "train", deadline: float | None = None, precision: str | None = None) -> float:
     """One pass over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]).
     Returns the mean training loss. Stops early (between batches) past ``deadline``.
-    The forward pass runs under :func:`autocast` (``precision``); the loss in fp32."""
+    The forward pass runs under :func:`autocast` (``precision``); the loss in fp32.
+
+    Raises FloatingPointError when the loss (or, after the last step, a weight) is NaN/inf,
+    ValueError for labels outside 0..C-1 that the loss does not ignore, for a batch of 1 that
+    BatchNorm cannot handle, and for a loader without batches."""
     model.train()
     channels_last = prefers_channels_last(device)
-    total, count = 0.0, 0
+    ignore_index = _loss_ignore_index(loss_fn)
+    total, count, batch = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
-    for images, masks in bar:
+    for batch, (images, masks) in enumerate(bar, 1):
         images = _to_device(images, device, channels_last)
         masks = masks.to(device, non_blocking=True)
         with autocast(device, precision):
-            logits = logits_of(model(images))
+            logits = logits_of(_forward_train(model, images))
         logits = logits.float()
         if logits.shape[-2:] != masks.shape[-2:]:
             logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        check_targets(logits, masks, ignore_index)
         loss = loss_fn(logits, masks)
+        _check_finite_loss(loss.detach(), optimizer, f"{desc}, batch {batch}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -145,7 +217,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
         bar.set_postfix(loss=f"{total / count:.3f}")
         if deadline is not None and time.perf_counter() > deadline:
             break
-    return total / max(count, 1)
+    if count == 0:
+        raise ValueError("The training loader yielded no batches: an empty split file or subset, or "
+                         "drop_last=True with fewer items than batch_size.")
+    _check_finite_weights(model, optimizer, f"the end of {desc} (batch {batch})")
+    return total / count
 
 
 @torch.no_grad()
@@ -160,6 +236,9 @@ def predict(model: nn.Module, images: torch.Tensor, input_size: tuple[int, int] 
     probabilities of every pass are averaged at ``out_size`` and their log is returned.
     The model runs under :func:`autocast` (``precision``); logits are returned in fp32.
     """
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scales must be one or more finite numbers > 0 (multiples of the input size), "
+                         f"got {tuple(scales)}.")
     out_size = out_size or tuple(images.shape[-2:])
     base = tuple(input_size) if input_size is not None else tuple(images.shape[-2:])
 
@@ -196,14 +275,25 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
         images = _to_device(images, device, channels_last)
         logits = predict(model, images, input_size, tuple(masks.shape[-2:]), scales, flip, precision)
         meter.update(logits.argmax(1), masks.to(device))
+    if int(meter.cm.sum()) == 0:
+        raise ValueError(f"evaluate found no labelled pixels to score: the loader is empty (an empty split "
+                         f"file or subset) or every pixel is ignore_index={ignore_index}.")
     return meter.compute()
 
 
+def _folder_message(path: Path) -> str:
+    return (f"Checkpoint path {path} is a folder, not a file: pass a file path inside it, "
+            f"e.g. {path / 'model.pt'}.")
+
+
 def save_checkpoint(path: str | Path, **state) -> Path:
-    """``torch.save(state)`` to ``path`` atomically (write ``<path>.tmp``, then rename)."""
+    """``torch.save(state)`` to ``path`` atomically (write a unique temporary file next to it,
+    then rename), so neither a crash nor a second writer leaves a half-written checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(_folder_message(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -215,6 +305,9 @@ def save_checkpoint(path: str | Path, **state) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(_folder_message(path))
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -248,6 +341,54 @@ def run_config(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimize
     return cfg
 
 
+def _restore_model(model: nn.Module, state: dict, path: str | Path) -> None:
+    """``model.load_state_dict(state["model"])`` with errors that name the checkpoint and the fix."""
+    if not (isinstance(state, dict) and "model" in state and "history" in state):
+        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(
+                f"{path} holds a plain state_dict (torch.save(model.state_dict())), not a checkpoint "
+                f"written by fit (model, optimizer, history, ...). To use these weights call "
+                f"model.load_state_dict(load_checkpoint({str(path)!r})) instead of fit; to train, "
+                f"pass another checkpoint path. The file was left as it is.")
+        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a checkpoint written by fit (it holds {keys}); pass another "
+                         f"checkpoint path. The file was left as it is.")
+    if not all(bool(torch.isfinite(v).all()) for v in state["model"].values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point()):
+        raise FloatingPointError(f"Checkpoint {path} holds NaN/inf weights (a run that diverged): delete it "
+                                 f"and train again with a lower learning rate.")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        lines = str(e).splitlines()
+        detail = "\n".join(lines[:3]) + (f"\n\t... ({len(lines) - 3} more lines)" if len(lines) > 3 else "")
+        raise RuntimeError(
+            f"Checkpoint {path} was saved from a different model (another architecture, width or "
+            f"number of classes), so its weights do not fit this one. Delete or move it, or pass "
+            f"another checkpoint path, to train this model. torch says: {detail}") from None
+
+
+def _check_checkpoint_writable(checkpoint: str | Path | None) -> None:
+    """Fail before training, not after the first epoch, if ``checkpoint`` cannot be written
+    (a read-only folder, a file in the way, a folder given as the path). An existing
+    checkpoint in a read-only folder is allowed: it may only need to be read."""
+    if checkpoint is None:
+        return
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise IsADirectoryError(_folder_message(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        if path.is_file():
+            return
+        raise OSError(f"Cannot write the checkpoint {path} ({e}); checked before training so that no "
+                      f"time is lost. Pass a writable location as checkpoint (e.g. a folder in your home "
+                      f"directory).") from e
+
+
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *, num_classes: int,
         device: torch.device, epochs: int, optimizer: torch.optim.Optimizer,
         loss_fn: Callable | None = None, schedule: str = "poly", checkpoint: str | Path | None = None,
@@ -265,6 +406,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
     :class:`CheckpointMismatchError` naming the differences. Returns the :class:`History`
     (``history.records``, one dict per epoch; ``history.meta``: device, precision, when).
     """
+    _check_checkpoint_writable(checkpoint)
     precision = precision or get_precision(device)
     wanted = run_config(model, epochs=epochs, optimizer=optimizer, schedule=schedule, precision=precision,
                         loss_fn=loss_fn, time_budget_s=time_budget_s, extra=config)
@@ -277,13 +419,14 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
     history, start_epoch = History(), 0
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, device)
-        diff = _config_diff(state.get("config") or {}, wanted)
-        if diff:
-            raise CheckpointMismatchError(
-                f"Checkpoint {checkpoint} was trained with another configuration:\n  " + "\n  ".join(diff)
-                + "\nIt is not reused. Delete it (or pass another checkpoint path) to train with the new settings, "
-                  "or restore the old settings to load it.")
-        model.load_state_dict(state["model"])
+        if isinstance(state, dict) and "model" in state and "history" in state:
+            diff = _config_diff(state.get("config") or {}, wanted)
+            if diff:
+                raise CheckpointMismatchError(
+                    f"Checkpoint {checkpoint} was trained with another configuration:\n  " + "\n  ".join(diff)
+                    + "\nIt is not reused. Delete it (or pass another checkpoint path) to train with the new "
+                      "settings, or restore the old settings to load it.")
+        _restore_model(model, state, checkpoint)
         history = History.from_dict(state["history"])
         if state.get("complete"):
             if verbose:

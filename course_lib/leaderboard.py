@@ -8,6 +8,7 @@ the rows of the chosen profiles for the README (``python -m course_lib.leaderboa
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,7 +20,23 @@ COLUMNS = ("model", "notebook", "params_m", "profile", "device", "train_size", "
 
 
 def load(path: Path = PATH) -> list[dict]:
-    return json.loads(path.read_text()) if path.exists() else []
+    """The rows recorded in ``path`` ([] if it does not exist)."""
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"The leaderboard file {path} is damaged ({e}); restore it with "
+                         f"`git checkout -- {path.name}` (it is committed) or delete it.") from None
+
+
+def _check_row(row: dict) -> None:
+    for c in ("params_m", "train_s", "val_miou", "test_miou"):
+        v = row[c]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"leaderboard row field {c} must be a finite number ≥ 0, got {v!r}.")
+        if c.endswith("miou") and v > 1:
+            raise ValueError(f"leaderboard row field {c} must be a fraction in 0..1 (not a percentage), got {v!r}.")
 
 
 def record(row: dict, path: Path = PATH) -> list[dict]:
@@ -27,6 +44,7 @@ def record(row: dict, path: Path = PATH) -> list[dict]:
     missing = [c for c in COLUMNS if c not in row]
     if missing:
         raise ValueError(f"leaderboard row lacks {missing}")
+    _check_row(row)
     rows = [r for r in load(path) if (r["model"], r["profile"]) != (row["model"], row["profile"])]
     rows.append({c: row[c] for c in COLUMNS})
     rows.sort(key=lambda r: (r["profile"], -r["val_miou"]))

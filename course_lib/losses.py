@@ -24,7 +24,12 @@ def pixel_counts(dataset: Dataset, num_classes: int, max_items: int | None = Non
 def class_weights(counts: torch.Tensor, power: float = 0.5) -> torch.Tensor:
     """Weights ∝ frequency^(−power), normalised to mean 1 → float [C] (power 0.5: the
     "sqrt-inverse-frequency" weighting; absent classes get weight 0)."""
-    freq = counts.double() / counts.sum().clamp(min=1)
+    if bool((counts < 0).any()):
+        raise ValueError(f"Pixel counts must be ≥ 0, got negative ones: {counts.tolist()}.")
+    if int(counts.sum()) == 0:
+        raise ValueError("The training masks have no labelled pixels (all void, or an empty subset), so "
+                         "there are no class frequencies to weight by; check the dataset and its split.")
+    freq = counts.double() / counts.sum()
     w = torch.where(freq > 0, freq.clamp(min=1e-12) ** -power, torch.zeros_like(freq))
     return (w / w[w > 0].mean()).float()
 

@@ -42,8 +42,28 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def check_confusion_matrix(cm: torch.Tensor) -> torch.Tensor:
+    """Return ``cm`` as float64 if it is a confusion matrix: a square [C, C] tensor of finite,
+    whole, non-negative counts; else raise ValueError saying what it is instead."""
+    if not isinstance(cm, torch.Tensor):
+        cm = torch.as_tensor(cm)
+    if cm.dim() != 2 or cm.shape[0] != cm.shape[1] or cm.numel() == 0:
+        raise ValueError(f"Expected a square [C, C] confusion matrix, got shape {tuple(cm.shape)}. "
+                         f"Build it with confusion_matrix(pred, target, num_classes) from label maps.")
+    x = cm.double()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("The confusion matrix has NaN or infinite entries; it must hold finite pixel counts.")
+    if bool((x < 0).any()):
+        raise ValueError(f"The confusion matrix has negative counts (min {x.min().item():g}); it must hold "
+                         f"pixel counts ≥ 0 (was it built by subtracting matrices?).")
+    if bool((x != x.round()).any()):
+        raise ValueError("The confusion matrix has fractional entries; it must hold whole-number pixel "
+                         "counts (a row-normalised matrix changes IoU: pass the raw counts).")
+    return x
+
+
 def _tp_fp_fn(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    cm = cm.double()
+    cm = check_confusion_matrix(cm)
     tp = cm.diagonal()
     return tp, cm.sum(0) - tp, cm.sum(1) - tp
 
@@ -69,6 +89,7 @@ def mean_iou(cm: torch.Tensor) -> float:
 
 def pixel_accuracy(cm: torch.Tensor) -> float:
     """Fraction of (non-ignored) pixels labelled correctly."""
+    cm = check_confusion_matrix(cm)
     total = cm.sum()
     return float(cm.diagonal().sum().double() / total) if total > 0 else math.nan
 
@@ -113,13 +134,17 @@ def trimap_band(labels: torch.Tensor, width: int) -> torch.Tensor:
     """The "trimap" of DeepLab v2 (Fig. 10): bool [H, W], True within ``width`` pixels of a
     boundary of the label map [H, W]. Score a prediction only there with
     ``confusion_matrix(pred, torch.where(band, target, ignore_index), ...)``."""
-    if width < 1:
-        raise ValueError(f"width must be ≥ 1 pixel, got {width}.")
+    if isinstance(width, bool) or not (isinstance(width, int) or float(width).is_integer()) or width < 1:
+        raise ValueError(f"width must be a whole number of pixels ≥ 1, got {width!r}.")
+    width = int(width)
     return dilate(label_boundaries(labels), width - 1)
 
 
 def tolerance_pixels(tolerance: float, height: int, width: int) -> int:
     """Tolerance < 1 is a fraction of the image diagonal (rounded up); ≥ 1 is pixels."""
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number ≥ 0 (< 1: fraction of the image "
+                         f"diagonal, ≥ 1: pixels), got {tolerance!r}.")
     if tolerance >= 1:
         return int(round(tolerance))
     return int(math.ceil(tolerance * math.hypot(height, width)))
@@ -142,7 +167,8 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def boundary_f1(pred: torch.Tensor, target: torch.Tensor, tolerance: float = 0.008) -> float:
-    """DAVIS boundary F-measure of binary masks [H, W].
+    """DAVIS boundary F-measure of binary masks [H, W] (bool, or any dtype holding only 0
+    and 1; anything else, e.g. probabilities or a label map, raises ValueError).
 
     ``tolerance`` < 1: fraction of the image diagonal (ceil to pixels); ≥ 1: pixels.
     P = |B_pred ∩ dil(B_gt)| / |B_pred|, R = |B_gt ∩ dil(B_pred)| / |B_gt|, F = 2PR/(P+R).
@@ -151,13 +177,18 @@ def boundary_f1(pred: torch.Tensor, target: torch.Tensor, tolerance: float = 0.0
     if pred.shape != target.shape or pred.dim() != 2:
         raise ValueError(f"boundary_f1 takes two binary masks [H, W] of one shape, got "
                          f"{tuple(pred.shape)} and {tuple(target.shape)}.")
+    for name, m in (("pred", pred), ("target", target)):
+        if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError(f"boundary_f1 needs binary masks (bool or {{0, 1}}), but {name} holds other "
+                             f"values, e.g. {torch.unique(m[(m != 0) & (m != 1)])[:3].tolist()}: threshold "
+                             f"probabilities (p > 0.5), or compare a label map with a class (labels == c).")
+    r = tolerance_pixels(tolerance, *pred.shape)
     bp, bg = boundary_map(pred), boundary_map(target)
     n_p, n_g = int(bp.sum()), int(bg.sum())
     if n_p == 0 and n_g == 0:
         return 1.0
     if n_p == 0 or n_g == 0:
         return 0.0
-    r = tolerance_pixels(tolerance, *pred.shape)
     precision = float((bp & dilate(bg, r)).sum()) / n_p
     recall = float((bg & dilate(bp, r)).sum()) / n_g
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
@@ -175,6 +206,9 @@ def semantic_boundary_f1(pred: torch.Tensor, target: torch.Tensor, num_classes: 
     if pred.shape != target.shape or pred.dim() != 2:
         raise ValueError(f"semantic_boundary_f1 takes label maps [H, W], got {tuple(pred.shape)} "
                          f"and {tuple(target.shape)}.")
+    if pred.is_floating_point() or target.is_floating_point():
+        raise ValueError("semantic_boundary_f1 takes integer label maps, not float tensors "
+                         "(take logits.argmax(0) first).")
     valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
     out = torch.full((num_classes,), torch.nan)
     for c in torch.unique(target[valid]).tolist():

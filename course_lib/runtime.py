@@ -87,11 +87,43 @@ def get_profile(name: str | None = None) -> Profile:
     return PROFILES[name]
 
 
-def get_device(prefer: str | None = None) -> torch.device:
-    """cuda > mps > cpu, unless ``prefer`` (or ``$COURSE_DEVICE``) names one."""
-    prefer = prefer or os.environ.get("COURSE_DEVICE")
+DEVICE_ENV = "COURSE_DEVICE"
+
+
+def _parse_device(value: str, source: str) -> torch.device:
+    """"cpu", "cuda", "cuda:N" or "mps" (any case, spaces ignored) → a device that exists here."""
+    name = value.strip().lower()
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise ValueError(f"{source}={value!r} is not a device: use cpu, cuda, cuda:N or mps "
+                         f"(any case), or unset {DEVICE_ENV} to choose automatically.")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RuntimeError(f"{source}={value!r}, but this machine has no CUDA GPU that torch can use "
+                               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). Use cpu, or "
+                               f"unset {DEVICE_ENV} to choose automatically.")
+        if index and int(index) >= count:
+            raise RuntimeError(f"{source}={value!r}, but only {count} CUDA GPU(s) are visible "
+                               f"(cuda:0..cuda:{count - 1}); unset {DEVICE_ENV} to choose automatically.")
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise RuntimeError(f"{source}={value!r}, but Apple's MPS backend is not available here. "
+                               f"Use cpu, or unset {DEVICE_ENV} to choose automatically.")
+    return torch.device(name)
+
+
+def get_device(prefer: str | torch.device | None = None) -> torch.device:
+    """cuda > mps > cpu, unless ``prefer`` (or ``$COURSE_DEVICE``) names one: "cpu", "cuda",
+    "cuda:N" or "mps", in any case. An unknown or unavailable device raises an error naming
+    where it came from."""
+    if isinstance(prefer, torch.device):
+        return prefer
     if prefer:
-        return torch.device(prefer)
+        return _parse_device(prefer, "prefer")
+    if os.environ.get(DEVICE_ENV, "").strip():
+        return _parse_device(os.environ[DEVICE_ENV], DEVICE_ENV)
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)

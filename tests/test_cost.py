@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -28,3 +29,8 @@ def test_seconds_per_call_is_the_median():
 
     t = seconds_per_call(fn, repeats=3, warmup=1)
     assert len(calls) == 4 and 0.0 <= t < 0.02
+
+
+def test_seconds_per_call_needs_a_repeat():
+    with pytest.raises(ValueError, match="repeats"):
+        seconds_per_call(lambda: None, repeats=0)

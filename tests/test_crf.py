@@ -66,3 +66,69 @@ def test_bad_input_is_explained():
         dense_crf(image, probs[0])
     with pytest.raises(ValueError, match="max_pixels"):
         mean_field(np.zeros((200, 200, 3), np.uint8), np.full((2, 200, 200), 0.5, np.float32))
+
+
+# ---------------------------------------------------------------- reliability (issue 9)
+
+@pytest.mark.parametrize("name", ["theta_alpha", "theta_beta", "theta_gamma"])
+@pytest.mark.parametrize("value", [0.0, 1e-6, -1.0, float("nan"), float("inf")])
+def test_bad_kernel_widths_are_refused_before_pydensecrf_sees_them(name, value):
+    """θβ = 1e-6 crashes pydensecrf (SIGSEGV: a Jupyter kernel dies without a message)."""
+    image, probs, _ = _noisy_scene(5)
+    for fn in (dense_crf, mean_field):
+        with pytest.raises(ValueError, match=rf"{name} must be a finite number ≥ 0\.1"):
+            fn(image, probs, **{name: value})
+
+
+@pytest.mark.parametrize("name", ["w1", "w2"])
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_bad_weights_are_refused(name, value):
+    image, probs, _ = _noisy_scene(5)
+    for fn in (dense_crf, mean_field):
+        with pytest.raises(ValueError, match=rf"{name} must be a finite number ≥ 0"):
+            fn(image, probs, **{name: value})
+
+
+@pytest.mark.parametrize("iterations", [-1, 10_000, 2.5])
+def test_iterations_are_a_capped_whole_number(iterations):
+    image, probs, _ = _noisy_scene(5)
+    for fn in (dense_crf, mean_field):
+        with pytest.raises(ValueError, match="iterations must be a whole number in 0..200"):
+            fn(image, probs, iterations=iterations)
+
+
+def test_crash_values_really_crash_pydensecrf_in_a_subprocess():
+    """The oracle for the guard above: the raw library dies on θβ = 1e-6 (run in a child)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, pydensecrf.densecrf as d\n"
+        "h, w = 40, 50\n"
+        "img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)\n"
+        "c = d.DenseCRF2D(w, h, 3)\n"
+        "c.setUnaryEnergy(np.full((3, h * w), 1.0, np.float32))\n"
+        "c.addPairwiseBilateral(sxy=60.0, srgb=1e-6, rgbim=img, compat=4.0)\n"
+        "c.inference(5)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert r.returncode != 0  # a signal (negative) or an abort
+
+
+def test_channels_last_probabilities_get_the_right_hint():
+    image, probs, _ = _noisy_scene(6)
+    for fn in (dense_crf, mean_field):
+        with pytest.raises(ValueError, match=r"\[H, W, C\].*permute\(2, 0, 1\)"):
+            fn(image, probs.transpose(1, 2, 0).copy())
+
+
+def test_mean_field_validates_like_dense_crf():
+    image, probs, _ = _noisy_scene(7)
+    with pytest.raises(TypeError, match="uint8"):
+        mean_field(image.astype(np.float32) / 255, probs)
+    with pytest.raises(ValueError, match="softmax"):
+        mean_field(image, np.log(probs))
+    with pytest.raises(ValueError, match="channels last"):
+        mean_field(image.transpose(2, 0, 1).copy(), probs)
+    with pytest.raises(ValueError, match="C, H, W"):
+        mean_field(image, probs[0])

@@ -1,4 +1,3 @@
-import shutil
 
 import numpy as np
 import pytest
@@ -263,3 +262,127 @@ def test_in_memory_refuses_float_images():
     float_shapes = D.Shapes(2, size=(16, 16), seed=0, transforms=D.eval_transforms())
     with pytest.raises(TypeError, match="caches uint8 images"):
         InMemory(float_shapes, progress=False)
+
+
+# ---------------------------------------------------------------- reliability (issue 9)
+
+def _nuclei_folder(tmp_path, mask: np.ndarray, mode: str | None = None):
+    root = tmp_path / "nuclei"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((*mask.shape[:2], 3), np.uint8)).save(root / "images" / "case.png")
+    Image.fromarray(mask, mode=mode).save(root / "masks" / "case.png") if mode else \
+        Image.fromarray(mask).save(root / "masks" / "case.png")
+    return D.Nuclei("train", root=tmp_path)  # one item: it is in train
+
+
+def _three_blobs(value=255, dtype=np.uint8):
+    m = np.zeros((20, 30), dtype)
+    m[2:6, 2:6] = m[10:14, 10:14] = m[2:6, 20:26] = value
+    return m
+
+
+@pytest.mark.parametrize("value,dtype", [(255, np.uint8), (65535, np.uint16)])
+def test_binary_nuclei_mask_is_not_read_as_one_instance(tmp_path, value, dtype):
+    ds = _nuclei_folder(tmp_path, _three_blobs(value, dtype))
+    with pytest.raises(ValueError, match=rf"case\.png.*binary.*{value}.*instance-id map.*scipy\.ndimage\.label"):
+        ds[0]
+
+
+def test_bilevel_png_mask_is_refused(tmp_path):
+    ds = _nuclei_folder(tmp_path, _three_blobs(1, np.uint8).astype(bool), mode="1")
+    with pytest.raises(ValueError, match="binary"):
+        ds[0]
+
+
+def test_real_id_maps_still_read(tmp_path):
+    ids = _three_blobs(1)
+    ids[10:14, 10:14], ids[2:6, 20:26] = 2, 3
+    _, target = _nuclei_folder(tmp_path, ids)[0]
+    assert target["masks"].shape == (3, 20, 30)
+    one = np.zeros((20, 30), np.uint8)
+    one[3:8, 3:8] = 1  # a single instance with id 1 is a valid id map
+    assert _nuclei_folder(tmp_path / "b", one)[0][1]["masks"].shape == (1, 20, 30)
+
+
+def test_rgb_instance_mask_says_single_channel(tmp_path):
+    ds = _nuclei_folder(tmp_path, np.stack([_three_blobs(1)] * 3, -1))
+    with pytest.raises(ValueError, match=r"case\.png.*\(20, 30, 3\).*single-channel"):
+        ds[0]
+
+
+def _camvid_with_splits(tmp_path, **splits):
+    root = tmp_path / "camvid"
+    (root / "train").mkdir(parents=True)
+    (root / "trainannot").mkdir()
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(root / "train" / "x.png")
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(root / "trainannot" / "x.png")
+    for name, text in splits.items():
+        (root / f"{name}.txt").write_text(text)
+    return root
+
+
+def test_empty_split_file_is_named(tmp_path):
+    _camvid_with_splits(tmp_path, train="\n\n", val="train/x.png trainannot/x.png\n")
+    with pytest.raises(ValueError, match=r"train\.txt lists no image/label pairs.*download"):
+        D.CamVid("train", root=tmp_path)
+
+
+def test_empty_val_split_is_not_a_silent_nan(tmp_path):
+    _camvid_with_splits(tmp_path, train="train/x.png trainannot/x.png\n", val="")
+    with pytest.raises(ValueError, match=r"val\.txt lists no image/label pairs"):
+        D.CamVid("val", root=tmp_path)
+
+
+def test_missing_split_file_says_the_folder_is_incomplete(tmp_path):
+    _camvid_with_splits(tmp_path, train="train/x.png trainannot/x.png\n")
+    with pytest.raises(FileNotFoundError, match=r"val\.txt.*incomplete.*python -m course_lib\.data camvid"):
+        D.CamVid("val", root=tmp_path)
+
+
+def test_image_folders_without_images_are_named(tmp_path):
+    (tmp_path / "membrane" / "train" / "label").mkdir(parents=True)
+    (tmp_path / "membrane" / "train" / "label" / "0.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no images.*membrane/train/image"):
+        D.Membrane("train", root=tmp_path)
+    (tmp_path / "nuclei" / "masks").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no images.*nuclei/images"):
+        D.Nuclei("train", root=tmp_path)
+
+
+def test_tiny_coco_bad_annotation_file_is_named(tmp_path):
+    root = tmp_path / "tiny_coco"
+    (root / "train_2017_small").mkdir(parents=True)
+    ann = root / "instances_train2017_small.json"
+    for text in ("{not json", "", '{"images": []}'):
+        ann.write_text(text)
+        with pytest.raises(ValueError, match=r"instances_train2017_small\.json.*(download|COCO)"):
+            D.TinyCOCO(root=tmp_path)
+
+
+@pytest.mark.parametrize("fractions", [(70, 15, 15), (0.9, 0.3, -0.2), (0.5, 0.5), (0.6, 0.2, float("nan"))])
+def test_seeded_split_fractions_are_validated(fractions):
+    with pytest.raises(ValueError, match="fractions"):
+        D.seeded_split([str(i) for i in range(100)], "train", fractions=fractions)
+
+
+def test_instance_target_needs_an_integer_id_map():
+    with pytest.raises(ValueError, match="integer"):
+        D.instance_target(torch.rand(4, 4))
+
+
+def test_unknown_semantic_dataset_name_lists_the_choices():
+    with pytest.raises(ValueError, match=r"'voc'.*camvid.*membrane"):
+        D.semantic_dataset("voc", "train", get_profile("smoke"))
+    with pytest.raises(ValueError, match="'CamVid'"):
+        D.semantic_loaders("CamVid", get_profile("smoke"), (32, 32))
+
+
+def test_oversized_image_names_the_file(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(path)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 40 × 60 is over twice the limit
+    with pytest.raises(ValueError, match=r"Cannot read image .*x\.png.*decompression bomb"):
+        D.io.read_array(path)

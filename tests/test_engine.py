@@ -1,4 +1,6 @@
 import math
+import os
+import warnings
 
 import pytest
 import torch
@@ -243,3 +245,232 @@ def test_precision_bf16_autocasts_forward_but_loss_is_fp32(loaders):
         assert seen == {"forward": expected, "loss_input": torch.float32}
         logits = E.predict(model.eval(), next(iter(train))[0], precision=precision)
         assert logits.dtype == torch.float32 and seen["forward"] == expected
+
+
+# ---------------------------------------------------------------- reliability (issue 9)
+
+def test_non_finite_loss_stops_with_a_clear_error_and_nothing_is_marked_complete(loaders, tmp_path):
+    train, val = loaders
+    torch.manual_seed(0)
+    model = tiny_net()
+    ckpt = tmp_path / "nan.pt"
+    with pytest.raises(FloatingPointError, match=r"(nan|inf).*epoch \d+.*batch \d+.*learning rate"):
+        E.fit(model, train, val, num_classes=4, device=torch.device("cpu"), epochs=3,
+              optimizer=torch.optim.AdamW(model.parameters(), lr=1e6), checkpoint=ckpt,
+              progress=False, verbose=False)
+    assert not ckpt.exists() or not torch.load(ckpt, weights_only=True)["complete"]
+    # a later run with a sane lr trains instead of loading the diverged weights
+    model2 = tiny_net()
+    hist = E.fit(model2, train, None, num_classes=4, device=torch.device("cpu"), epochs=1,
+                 optimizer=torch.optim.SGD(model2.parameters(), lr=0.01), checkpoint=tmp_path / "ok.pt",
+                 progress=False, verbose=False)
+    assert math.isfinite(hist["train_loss"][-1])
+
+
+def test_weights_that_went_non_finite_on_the_last_step_are_caught():
+    """A finite loss whose step overflows the weights: the epoch must not end 'fine'."""
+
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    model = Boom()
+    x, y = 1e3 * torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long)
+    opt = torch.optim.SGD(model.parameters(), lr=1e38)  # lr × gradient beyond float32: the step gives inf
+    with pytest.raises(FloatingPointError, match="weights"):
+        E.train_one_epoch(model, [(x, y)], nn.CrossEntropyLoss(), opt, torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("loss_fn,ignore", [(nn.CrossEntropyLoss(ignore_index=255), 255),
+                                            (nn.CrossEntropyLoss(), -100)])
+def test_labels_out_of_range_are_named_with_num_classes_and_ignore_index(loss_fn, ignore):
+    model = tiny_net(classes=4)
+    x = torch.randn(2, 3, 8, 8)
+    y = torch.zeros(2, 8, 8, dtype=torch.long)
+    y[0, 0, 0], y[1, 2, 2] = 11, 255
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=rf"\[11, 255\]|\[11\].*num_classes=4.*ignore_index={ignore}"):
+        E.train_one_epoch(model, [(x, y)], loss_fn, opt, torch.device("cpu"), progress=False)
+
+
+def test_check_targets_accepts_valid_labels_and_ignore():
+    logits = torch.zeros(1, 3, 2, 2)
+    E.check_targets(logits, torch.tensor([[[0, 2], [255, 1]]]), 255)
+    with pytest.raises(ValueError, match=r"\[-1\]"):
+        E.check_targets(logits, torch.tensor([[[0, -1], [255, 1]]]), 255)
+
+
+@pytest.mark.parametrize("steps", range(1, 13))
+def test_one_cycle_with_few_steps_neither_crashes_nor_trains_at_zero(steps):
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sched = E.make_scheduler(opt, "onecycle", steps)
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if sched is not None:
+            sched.step()
+    assert max(seen) > 0.9  # the peak is (nearly: steps are discrete) reached
+    assert all(math.isfinite(v) and v > 0 for v in seen[:max(1, steps - 1)])
+
+
+def test_one_cycle_with_one_or_two_steps_says_so():
+    p = nn.Parameter(torch.zeros(1))
+    with pytest.warns(UserWarning, match="constant"):
+        E.make_scheduler(torch.optim.SGD([p], lr=1.0), "onecycle", 2)
+
+
+@pytest.mark.parametrize("which", ["pooled", "deeplab_aspp_v3"])
+def test_batch_of_one_in_batchnorm_says_what_to_do(which):
+    if which == "pooled":
+        model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4),
+                              nn.Upsample(size=(8, 8)))
+    else:  # ASPP's image pooling branch fails at every input size
+        from course_lib.models import DeepLab
+
+        model = DeepLab(4, head="aspp_v3", channels=16)
+    x, y = torch.randn(1, 3, 32, 32), torch.zeros(1, 32, 32, dtype=torch.long)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"batch of 1.*BatchNorm.*drop_last=True"):
+        E.train_one_epoch(model, [(x, y)], nn.CrossEntropyLoss(), opt, torch.device("cpu"), progress=False)
+
+
+def test_an_empty_training_loader_is_an_error_not_a_loss_of_zero():
+    model = tiny_net()
+    with pytest.raises(ValueError, match="no batches"):
+        E.train_one_epoch(model, [], nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                          torch.device("cpu"), progress=False)
+
+
+def _train_once(loaders, ckpt, model, epochs=1):
+    train, _ = loaders
+    return E.fit(model, train, None, num_classes=4, device=torch.device("cpu"), epochs=epochs,
+                 optimizer=torch.optim.SGD(model.parameters(), lr=0.01), checkpoint=ckpt,
+                 progress=False, verbose=False)
+
+
+def test_checkpoint_of_another_width_names_the_path_and_the_fix(loaders, tmp_path):
+    ckpt = tmp_path / "w.pt"
+    _train_once(loaders, ckpt, tiny_net(width=8))
+    with pytest.raises(RuntimeError, match=rf"(?s){ckpt.name}.*different model.*(Delete|move).*size mismatch"):
+        _train_once(loaders, ckpt, tiny_net(width=16))
+
+
+def test_plain_state_dict_file_is_explained(loaders, tmp_path):
+    ckpt = tmp_path / "sd.pt"
+    torch.save(tiny_net().state_dict(), ckpt)
+    with pytest.raises(ValueError, match=r"sd\.pt.*plain state_dict.*model\.load_state_dict"):
+        _train_once(loaders, ckpt, tiny_net())
+    assert ckpt.exists()  # the user's file is untouched
+
+
+def test_directory_as_checkpoint_path_is_explained(loaders, tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"runs.*is a folder.*runs/model\.pt"):
+        E.load_checkpoint(folder)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        _train_once(loaders, folder, tiny_net())
+
+
+class _CountingLoader:
+    def __init__(self, loader):
+        self.loader, self.batches = loader, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for b in self.loader:
+            self.batches += 1
+            yield b
+
+
+def test_unwritable_checkpoint_location_fails_before_training(loaders, tmp_path):
+    train, _ = loaders
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    counting = _CountingLoader(train)
+    model = tiny_net()
+    with pytest.raises(OSError, match=r"a_file/ck\.pt.*before training.*writable"):
+        E.fit(model, counting, None, num_classes=4, device=torch.device("cpu"), epochs=2,
+              optimizer=torch.optim.SGD(model.parameters(), lr=0.01), checkpoint=blocker / "ck.pt",
+              progress=False, verbose=False)
+    assert counting.batches == 0
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's read-only /proc")
+def test_checkpoint_on_a_read_only_filesystem_fails_before_training(loaders):
+    """/proc refuses new files even to root: a read-only location on any account."""
+    train, _ = loaders
+    counting = _CountingLoader(train)
+    model = tiny_net()
+    with pytest.raises(OSError, match=r"/proc/course-ckpt/ck\.pt.*before training"):
+        E.fit(model, counting, None, num_classes=4, device=torch.device("cpu"), epochs=2,
+              optimizer=torch.optim.SGD(model.parameters(), lr=0.01), checkpoint="/proc/course-ckpt/ck.pt",
+              progress=False, verbose=False)
+    assert counting.batches == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere")
+def test_read_only_checkpoint_folder_fails_before_training(loaders, tmp_path):
+    train, _ = loaders
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    counting = _CountingLoader(train)
+    model = tiny_net()
+    try:
+        with pytest.raises(OSError, match="before training"):
+            E.fit(model, counting, None, num_classes=4, device=torch.device("cpu"), epochs=2,
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.01), checkpoint=ro / "ck.pt",
+                  progress=False, verbose=False)
+    finally:
+        ro.chmod(0o700)
+    assert counting.batches == 0
+
+
+def test_evaluate_on_an_empty_loader_is_an_error_not_nan():
+    model = tiny_net()
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        E.evaluate(model, [], 4, torch.device("cpu"), progress=False)
+    all_void = (torch.zeros(1, 3, 8, 8), torch.full((1, 8, 8), 255))
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        E.evaluate(model, [all_void], 4, torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("scales", [(), (0.0,), (-1.0, 1.0), (float("nan"),)])
+def test_predict_scales_are_validated(scales):
+    model = nn.Conv2d(3, 4, 1).eval()
+    with pytest.raises(ValueError, match="scales"):
+        E.predict(model, torch.randn(1, 3, 8, 8), scales=scales)
+
+
+def test_save_checkpoint_to_a_folder_or_next_to_a_user_tmp_file(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        E.save_checkpoint(tmp_path, a=1)
+    mine = tmp_path / "x.pt.tmp"
+    mine.write_text("my notes")  # a file of the user's that happens to have the old temp name
+    E.save_checkpoint(tmp_path / "x.pt", a=1)
+    assert mine.read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt", "x.pt.tmp"]
+
+
+def test_a_complete_checkpoint_with_nan_weights_is_not_loaded_silently(loaders, tmp_path):
+    """Checkpoints that older versions saved after a divergence: refuse them on load."""
+    ckpt = tmp_path / "diverged.pt"
+    model = tiny_net()
+    _train_once(loaders, ckpt, model)
+    state = torch.load(ckpt, weights_only=True)
+    state["model"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state["model"].items()}
+    E.save_checkpoint(ckpt, **state)
+    with pytest.raises(FloatingPointError, match=rf"{ckpt.name}.*NaN.*[Dd]elete it"):
+        _train_once(loaders, ckpt, tiny_net())

@@ -7,7 +7,7 @@ from course_lib import leaderboard as L
 
 def row(model, profile, miou):
     return dict(model=model, notebook="03", params_m=1.5, profile=profile, device="CPU", train_size="176x240",
-                train_s=120.0, val_miou=miou, test_miou=miou - 0.02)
+                train_s=120.0, val_miou=miou, test_miou=max(miou - 0.02, 0.0))
 
 
 def test_record_replaces_and_renders(tmp_path):
@@ -23,3 +23,23 @@ def test_record_replaces_and_renders(tmp_path):
     assert "smoke" not in table
     with pytest.raises(ValueError, match="lacks"):
         L.record({"model": "x"}, p)
+
+
+@pytest.mark.parametrize("field,value", [("val_miou", float("nan")), ("test_miou", 1.7), ("val_miou", -0.1),
+                                         ("train_s", float("inf")), ("params_m", "12")])
+def test_record_refuses_non_finite_or_out_of_range_numbers(tmp_path, field, value):
+    p = tmp_path / "lb.json"
+    L.record(row("FCN-8s", "cpu", 0.40), p)
+    before = p.read_text()
+    bad = row("U-Net", "cpu", 0.45)
+    bad[field] = value
+    with pytest.raises(ValueError, match=field):
+        L.record(bad, p)
+    assert p.read_text() == before  # nothing written
+
+
+def test_damaged_leaderboard_file_is_named(tmp_path):
+    p = tmp_path / "lb.json"
+    p.write_text("[{not json")
+    with pytest.raises(ValueError, match=r"lb\.json"):
+        L.load(p)

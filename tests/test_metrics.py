@@ -273,3 +273,130 @@ def test_meter_trimap_counts_only_pixels_near_boundaries():
         assert res["trimap"][w] == pytest.approx(M.mean_iou(cm))
     assert res["miou"] != res["trimap"][1]  # the band changes what is counted
     assert "trimap" not in M.SegmentationMeter(3).compute()
+
+
+# ---------------------------------------------------------------- input validation (issue 9)
+
+def test_boundary_f1_requires_binary_masks():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.zeros(20, 20, dtype=torch.bool)
+    gt[5:15, 5:15] = True
+    probs = torch.rand(20, 20, generator=g)  # probabilities: every pixel non-zero
+    logits = torch.randn(20, 20, generator=g)
+    multi = torch.randint(0, 3, (20, 20), generator=g)
+    for bad in (probs, logits, multi):
+        with pytest.raises(ValueError, match=r"binary.*bool or \{0, 1\}"):
+            M.boundary_f1(bad, gt)
+        with pytest.raises(ValueError, match="binary"):
+            M.boundary_f1(gt, bad)
+    # bool, {0, 1} integers and {0., 1.} floats are the same mask
+    ref = M.boundary_f1(gt.roll(1, 0), gt)
+    assert M.boundary_f1(gt.roll(1, 0).long(), gt.long()) == ref
+    assert M.boundary_f1(gt.roll(1, 0).float(), gt.float()) == ref
+
+
+@pytest.mark.parametrize("tolerance", [-1.0, float("nan"), float("inf")])
+def test_boundary_tolerance_is_validated(tolerance):
+    m = torch.zeros(8, 8, dtype=torch.bool)
+    with pytest.raises(ValueError, match="tolerance"):
+        M.boundary_f1(m, m, tolerance=tolerance)
+
+
+def test_iou_and_friends_refuse_what_is_not_a_confusion_matrix():
+    cm = torch.tensor([[3, 1], [0, 2]])
+    negative = torch.tensor([[1, -1], [0, 1]])
+    label_map = torch.randint(0, 3, (6, 9))
+    fractional = torch.tensor([[0.5, 0.25], [0.0, 0.25]])
+    with_nan = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+    for fn in (M.iou_per_class, M.dice_per_class, M.mean_iou, M.pixel_accuracy):
+        fn(cm)  # fine
+        fn(cm.double())  # whole-number float counts are fine too
+        with pytest.raises(ValueError, match="negative"):
+            fn(negative)
+        with pytest.raises(ValueError, match=r"square \[C, C\].*confusion_matrix"):
+            fn(label_map)
+        with pytest.raises(ValueError, match=r"square \[C, C\]"):
+            fn(torch.tensor([1, 2, 3]))
+        with pytest.raises(ValueError, match="whole-number"):
+            fn(fractional)
+        with pytest.raises(ValueError, match="finite"):
+            fn(with_nan)
+
+
+def test_negative_counts_gave_an_iou_above_one_before():
+    """The bug this guards against: IoU 2.5 from a matrix with a negative count."""
+    cm = torch.tensor([[5, -3], [0, 0]])  # TP 5, FP 0, FN −3 → 5 / 2
+    with pytest.raises(ValueError):
+        M.iou_per_class(cm)
+
+
+_CM_VALUES = st.one_of(st.integers(-3, 50), st.sampled_from([0.5, float("nan"), float("inf"), 2.0]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), data=st.data(),
+       dtype=st.sampled_from([torch.int64, torch.int32, torch.float32, torch.float64]))
+def test_confusion_matrix_validation_property(shape, data, dtype):
+    """Any tensor is either a valid confusion matrix (2-D, square, finite, whole, ≥ 0: then
+    IoUs lie in [0, 1] or are NaN, mIoU agrees with a NumPy oracle) or ValueError."""
+    n = int(np.prod(shape))
+    values = data.draw(st.lists(_CM_VALUES, min_size=n, max_size=n))
+    if not dtype.is_floating_point:
+        values = [v if isinstance(v, int) else 1 for v in values]
+    cm = torch.tensor(values, dtype=torch.float64).reshape(shape).to(dtype)
+    arr = cm.double().numpy()
+    valid = (cm.dim() == 2 and shape[0] == shape[1] and np.isfinite(arr).all()
+             and (arr >= 0).all() and (arr == np.round(arr)).all())
+    if not valid:
+        with pytest.raises(ValueError):
+            M.iou_per_class(cm)
+        with pytest.raises(ValueError):
+            M.mean_iou(cm)
+        return
+    iou = M.iou_per_class(cm).numpy()
+    tp = np.diag(arr)
+    denom = arr.sum(0) + arr.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = np.where(denom > 0, tp / denom, np.nan)
+    np.testing.assert_allclose(iou, ref, rtol=1e-6, equal_nan=True)
+    assert np.all((iou[~np.isnan(iou)] >= 0) & (iou[~np.isnan(iou)] <= 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(2, 12), w=st.integers(2, 12), seed=st.integers(0, 2**31 - 1),
+       kind=st.sampled_from(["bool", "int01", "float01", "prob", "logit", "multi"]))
+def test_boundary_f1_validation_property(h, w, seed, kind):
+    """Binary input (bool, or any dtype holding only 0 and 1) gives the DAVIS reference
+    value; anything else raises ValueError (unless it happens to hold only 0 and 1)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(h, w, generator=g) > 0.5
+    gt = torch.rand(h, w, generator=g) > 0.5
+    x = {"bool": base, "int01": base.long(), "float01": base.float(),
+         "prob": torch.rand(h, w, generator=g), "logit": torch.randn(h, w, generator=g),
+         "multi": torch.randint(0, 4, (h, w), generator=g)}[kind]
+    binary = bool(((x == 0) | (x == 1)).all())
+    if binary:
+        assert M.boundary_f1(x, gt) == pytest.approx(davis_f(x.numpy().astype(bool), gt.numpy()), abs=1e-9)
+    else:
+        with pytest.raises(ValueError, match="binary"):
+            M.boundary_f1(x, gt)
+
+
+def test_class_weights_need_labelled_pixels_and_non_negative_counts():
+    from course_lib.losses import class_weights
+
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        class_weights(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="negative"):
+        class_weights(torch.tensor([-1, 5, 3]))
+
+
+@pytest.mark.parametrize("width", [0, -2, float("nan"), 1.5])
+def test_trimap_width_is_a_whole_number_of_pixels(width):
+    with pytest.raises(ValueError, match="width"):
+        M.trimap_band(torch.zeros(4, 4, dtype=torch.long), width)
+
+
+def test_semantic_boundary_f1_needs_integer_label_maps():
+    with pytest.raises(ValueError, match="integer label maps"):
+        M.semantic_boundary_f1(torch.rand(4, 4), torch.zeros(4, 4, dtype=torch.long), 2)

@@ -66,3 +66,29 @@ def test_setup_prints_precision(capsys, monkeypatch):
     monkeypatch.setenv("COURSE_PRECISION", "bf16")
     s = R.setup(profile="smoke")
     assert s.precision == "bf16" and "precision: bf16 autocast" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value,expected", [("CPU", "cpu"), (" cpu ", "cpu"), ("Cpu", "cpu")])
+def test_course_device_is_case_insensitive(monkeypatch, value, expected):
+    monkeypatch.setenv("COURSE_DEVICE", value)
+    assert R.get_device() == torch.device(expected)
+
+
+@pytest.mark.parametrize("value", ["nonsense", "gpu", "cuda:x", "cpu:0:1"])
+def test_course_device_nonsense_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv("COURSE_DEVICE", value)
+    with pytest.raises(ValueError, match=rf"COURSE_DEVICE={value!r}.*cpu, cuda"):
+        R.get_device()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("value", ["cuda", "CUDA:0", "cuda:3"])
+def test_course_device_cuda_without_a_gpu_says_so(monkeypatch, value):
+    monkeypatch.setenv("COURSE_DEVICE", value)
+    with pytest.raises(RuntimeError, match=rf"COURSE_DEVICE={value!r}.*no CUDA GPU.*unset COURSE_DEVICE"):
+        R.get_device()
+
+
+def test_device_argument_is_validated_and_named():
+    with pytest.raises(ValueError, match=r"prefer='tpu'"):
+        R.get_device("tpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .cache import InMemory
 from .camvid import CamVid
-from .download import (ChecksumError, DatasetNotFoundError, dataset_dir, download_file, fetch,
+from .download import (ChecksumError, DatasetNotFoundError, DownloadError, dataset_dir, download_file, fetch,
                        load_manifest, safe_extract, sha256sum)
 from .instances import Nuclei, PennFudan, TinyCOCO, instance_target, seeded_split, voc_segmentation
 from .loaders import SemanticLoaders, semantic_dataset, semantic_loaders
@@ -19,7 +19,7 @@ from .transforms import denormalize, eval_transforms, to_model_input, train_tran
 
 __all__ = [
     "InMemory", "CamVid", "Membrane", "Nuclei", "PennFudan", "TinyCOCO", "voc_segmentation", "Shapes",
-    "DatasetNotFoundError", "ChecksumError", "dataset_dir", "download_file", "fetch",
+    "DatasetNotFoundError", "ChecksumError", "DownloadError", "dataset_dir", "download_file", "fetch",
     "load_manifest", "safe_extract", "sha256sum", "instance_target", "seeded_split",
     "train_transforms", "eval_transforms", "to_model_input", "denormalize",
     "semantic_dataset", "dataset_status", "semantic_loaders", "SemanticLoaders",

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .download import dataset_dir, register_prepare
+from .download import dataset_dir, incomplete_hint, register_prepare
 from .io import check_label_map, check_same_size, read_array, read_image
 
 IGNORE_INDEX = 255
@@ -47,8 +47,13 @@ class CamVid(Dataset):
         self.items = self._read_split(self.root / f"{split}.txt")
 
     def _read_split(self, list_file: Path) -> list[tuple[Path, Path]]:
+        try:
+            text = list_file.read_text()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"CamVid split file {list_file} is missing. "
+                                    + incomplete_hint("camvid", self.root)) from None
         items = []
-        for lineno, line in enumerate(list_file.read_text().splitlines(), 1):
+        for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.split()
@@ -62,6 +67,8 @@ class CamVid(Dataset):
                         img = img.with_suffix(ext)
                         break
             items.append((img, lab))
+        if not items:
+            raise ValueError(f"{list_file} lists no image/label pairs. " + incomplete_hint("camvid", self.root))
         return items
 
     def __len__(self) -> int:

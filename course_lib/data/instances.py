@@ -8,6 +8,7 @@ dataset and its transforms-v2 wrapper).
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -19,12 +20,15 @@ from torchvision import datasets as tvd
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 
-from .download import dataset_dir, register_prepare
+from .download import dataset_dir, incomplete_hint, register_prepare
 from .io import check_same_size, read_array, read_image
 
 
 def instance_target(id_map: torch.Tensor, label: int = 1, image_id: int = 0) -> dict:
     """Instance-id map int [H, W] (0 = background, 1..N = instances) → detection target."""
+    if id_map.is_floating_point():
+        raise ValueError("instance_target needs an integer instance-id map (0 = background, 1..N), not "
+                         "a float tensor: every distinct float would become an instance.")
     ids = torch.unique(id_map)
     ids = ids[ids != 0]
     masks = (id_map[None] == ids[:, None, None]).to(torch.uint8)  # [N, H, W]
@@ -38,8 +42,34 @@ def instance_target(id_map: torch.Tensor, label: int = 1, image_id: int = 0) -> 
     }
 
 
+def read_id_map(path: Path | str) -> torch.Tensor:
+    """An instance-id map file (single-channel PNG: 0 = background, 1..N = instances) →
+    int64 [H, W]. Raises ValueError naming the file for an RGB mask or a *binary* mask
+    (bilevel, or every foreground pixel 255 / 65535), which would otherwise be read as one
+    instance covering all the objects."""
+    arr = read_array(path)
+    if arr.ndim != 2:
+        raise ValueError(f"Instance mask {path} has shape {tuple(arr.shape)}: an instance-id map must be a "
+                         f"single-channel image [H, W] (uint8/uint16 grayscale PNG, 0 = background, "
+                         f"1..N = instances), not RGB.")
+    top = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else None
+    fg = arr[arr > 0]
+    if arr.dtype == bool or (top is not None and fg.size and fg.min() == top):
+        value = 1 if arr.dtype == bool else top
+        raise ValueError(f"Instance mask {path} is binary (every foreground pixel is {value}), not an "
+                         f"instance-id map (0 = background, 1..N = one id per object): it would be read as "
+                         f"a single instance. Give each object its own id, e.g. "
+                         f"scipy.ndimage.label(mask > 0)[0] (touching objects then merge).")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
 def seeded_split(names: list[str], split: str, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> list[str]:
-    """A fixed train/val/test split of ``names`` (sorted first, then a seeded permutation)."""
+    """A fixed train/val/test split of ``names`` (sorted first, then a seeded permutation);
+    ``fractions``: three numbers ≥ 0 summing to 1."""
+    if len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions) \
+            or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three numbers ≥ 0 (train, val, test) summing to 1, e.g. "
+                         f"(0.7, 0.15, 0.15); got {tuple(fractions)}.")
     names = sorted(names)
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
     n_train = round(fractions[0] * len(names))
@@ -63,7 +93,7 @@ class _IdMapDataset(Dataset):
     def __getitem__(self, index: int):
         img_path, mask_path = self.pairs[index]
         image = read_image(img_path)
-        id_map = torch.from_numpy(read_array(mask_path).astype(np.int64))
+        id_map = read_id_map(mask_path)
         check_same_size(image, id_map, img_path, mask_path)
         target = instance_target(id_map, image_id=index)
         if self.transforms is not None:
@@ -85,6 +115,9 @@ class Nuclei(_IdMapDataset):
                  transforms: Callable | None = None, download: bool = False, seed: int = 0):
         self.root = dataset_dir("nuclei", root, download)
         names = [p.stem for p in (self.root / "images").glob("*.png")]
+        if not names:
+            raise ValueError(f"Found no images (*.png) in {self.root / 'images'}. "
+                             + incomplete_hint("nuclei", self.root))
         self.names = seeded_split(names, split, seed=seed)
         self.pairs = [(self.root / "images" / f"{n}.png", self.root / "masks" / f"{n}.png") for n in self.names]
         self.split = split
@@ -128,6 +161,9 @@ class PennFudan(_IdMapDataset):
         self.root = dataset_dir("penn_fudan", root, download)
         self.pairs = [(p, self.root / "PedMasks" / f"{p.stem}_mask.png")
                       for p in sorted((self.root / "PNGImages").glob("*.png"))]
+        if not self.pairs:
+            raise ValueError(f"Found no images (*.png) in {self.root / 'PNGImages'}. "
+                             + incomplete_hint("penn_fudan", self.root))
         self.transforms = transforms
 
 
@@ -147,8 +183,14 @@ def TinyCOCO(root: str | Path | None = None, transforms: Callable | None = None,
     [N, H, W], ``labels`` = COCO category ids, ``image_id``). Polygons and crowd RLEs are
     turned into masks by pycocotools inside torchvision's wrapper."""
     folder = dataset_dir("tiny_coco", root, download)
-    ds = tvd.CocoDetection(folder / "train_2017_small", folder / "instances_train2017_small.json",
-                           transforms=transforms)
+    ann = folder / "instances_train2017_small.json"
+    try:
+        ds = tvd.CocoDetection(folder / "train_2017_small", ann, transforms=transforms)
+    except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"Cannot read the COCO annotation file {ann} ({type(e).__name__}: {e}): it is "
+                         f"damaged or not in COCO format. " + incomplete_hint("tiny_coco", folder)) from None
+    if len(ds) == 0:
+        raise ValueError(f"The COCO annotation file {ann} lists no images. " + incomplete_hint("tiny_coco", folder))
     return tvd.wrap_dataset_for_transforms_v2(
         ds, target_keys=("boxes", "labels", "masks", "image_id"))
 

@@ -21,7 +21,7 @@ def read_array(path: Path | str, mode: str | None = None) -> np.ndarray:
     except FileNotFoundError:
         raise FileNotFoundError(f"Missing file {path}: the dataset folder is incomplete; "
                                 f"download it again.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"Cannot read image {path}: {e}. The file is corrupt or not an "
                          f"image; delete it and download the dataset again.") from None
 

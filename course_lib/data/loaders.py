@@ -29,6 +29,8 @@ def semantic_dataset(name: str, split: str, profile: Profile, transforms: Callab
     set (and a line saying so is printed); in ``cpu``/``gpu`` the DatasetNotFoundError,
     which says how to get the data, is raised.
     """
+    if name not in _SEMANTIC:
+        raise ValueError(f"No semantic-segmentation dataset {name!r}; choose one of {sorted(_SEMANTIC)}.")
     try:
         return _SEMANTIC[name](split, root=root, transforms=transforms)
     except DatasetNotFoundError as e:

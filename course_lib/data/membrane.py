@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .download import dataset_dir, register_prepare
+from .download import dataset_dir, incomplete_hint, register_prepare
 from .io import check_same_size, read_array, read_image
 
 
@@ -40,6 +40,9 @@ class Membrane(Dataset):
         self.root = dataset_dir("membrane", root, download)
         self.transforms = transforms
         self.images = sorted((self.root / split / "image").glob("*.png"), key=_numeric_key)
+        if not self.images:
+            raise ValueError(f"Found no images (*.png) in {self.root / split / 'image'}. "
+                             + incomplete_hint("membrane", self.root))
         self.has_labels = split == "train"
 
     def __len__(self) -> int:
