@@ -1,18 +1,23 @@
 """Training and evaluation loops shared by every notebook.
 
-- ``fit`` trains with a tqdm.auto progress bar, bf16 autocast on CUDA, channels_last memory
-  format on CUDA and CPU (1.4-1.8× faster convolutions on a 2-core x86 CPU, measured), an
-  optional LR schedule stepped per batch, and evaluates on the validation set each epoch.
-- With a ``checkpoint`` path, ``fit`` writes model + optimizer + scheduler + history after
-  every epoch (atomically: temporary file, then rename), resumes an interrupted run, and
-  when the checkpoint says training is complete it just loads the weights ("skip training
-  if already done"). Checkpoints are read with ``torch.load(weights_only=True)``.
+- ``fit`` trains with a tqdm.auto progress bar, in the precision of
+  :func:`~course_lib.runtime.get_precision` (bf16 autocast on CUDA and on CPUs with native
+  bf16, fp32 elsewhere; losses and metrics always in fp32), channels_last memory format on
+  CUDA and CPU, an optional LR schedule stepped per batch, and evaluates on the validation
+  set each epoch.
+- With a ``checkpoint`` path, ``fit`` writes model + optimizer + scheduler + history + the
+  run's configuration after every epoch (atomically: temporary file, then rename), resumes
+  an interrupted run, and when the checkpoint says training is complete it just loads the
+  weights ("skip training if already done") — but only if the checkpoint was trained with
+  the same configuration; otherwise it stops with an error that lists what differs.
+  Checkpoints are read with ``torch.load(weights_only=True)``.
 - ``evaluate`` feeds the model images resized to ``input_size`` and upsamples the logits to
   the labels' own resolution, so metrics are always against full-resolution labels.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import time
@@ -27,13 +32,16 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from tqdm.auto import tqdm
 
 from .metrics import SegmentationMeter
+from .runtime import device_name, get_precision
 
 
 @dataclass
 class History:
-    """Per-epoch records: ``epoch``, ``train_loss``, ``lr``, ``time_s`` and ``val_*`` metrics."""
+    """Per-epoch records (``epoch``, ``train_loss``, ``lr``, ``time_s`` and ``val_*`` metrics)
+    and ``meta`` about the run (``device``, ``precision``, ``finished``)."""
 
     records: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
 
     def append(self, **record) -> None:
         self.records.append(record)
@@ -49,11 +57,11 @@ class History:
         return float(sum(self["time_s"])) if self.records else 0.0
 
     def to_dict(self) -> dict:
-        return {"records": [dict(r) for r in self.records]}
+        return {"records": [dict(r) for r in self.records], "meta": dict(self.meta)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls([dict(r) for r in d.get("records", [])])
+        return cls([dict(r) for r in d.get("records", [])], dict(d.get("meta", {})))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
@@ -86,9 +94,12 @@ def logits_of(output) -> torch.Tensor:
     return output["out"] if isinstance(output, dict) else output
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str | None = None):
+    """The autocast context for ``precision`` ("bf16" | "fp32"; default: what
+    :func:`~course_lib.runtime.get_precision` picks for ``device``)."""
+    precision = precision or get_precision(device)
+    if precision == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
 
 
@@ -107,9 +118,10 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
 
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                     device: torch.device, scheduler: LRScheduler | None = None, progress: bool = True,
-                    desc: str = "train", deadline: float | None = None) -> float:
+                    desc: str = "train", deadline: float | None = None, precision: str | None = None) -> float:
     """One pass over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]).
-    Returns the mean training loss. Stops early (between batches) past ``deadline``."""
+    Returns the mean training loss. Stops early (between batches) past ``deadline``.
+    The forward pass runs under :func:`autocast` (``precision``); the loss in fp32."""
     model.train()
     channels_last = prefers_channels_last(device)
     total, count = 0.0, 0
@@ -117,11 +129,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
     for images, masks in bar:
         images = _to_device(images, device, channels_last)
         masks = masks.to(device, non_blocking=True)
-        with _autocast(device):
+        with autocast(device, precision):
             logits = logits_of(model(images))
-            if logits.shape[-2:] != masks.shape[-2:]:
-                logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-            loss = loss_fn(logits.float(), masks)
+        logits = logits.float()
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        loss = loss_fn(logits, masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -138,13 +151,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, input_size: tuple[int, int] | None = None,
             out_size: tuple[int, int] | None = None, scales: Sequence[float] = (1.0,),
-            flip: bool = False) -> torch.Tensor:
+            flip: bool = False, precision: str | None = None) -> torch.Tensor:
     """Logits float [B, C, H_out, W_out] for images [B, C, H, W] already on the model's device.
 
     The images are resized (bilinear) to ``input_size`` first if given; the logits are
     resized to ``out_size`` (default: the images' own H×W). Test-time augmentation (DeepLab
     v3): with several ``scales`` (multiples of the input size) and/or ``flip``, the softmax
     probabilities of every pass are averaged at ``out_size`` and their log is returned.
+    The model runs under :func:`autocast` (``precision``); logits are returned in fp32.
     """
     out_size = out_size or tuple(images.shape[-2:])
     base = tuple(input_size) if input_size is not None else tuple(images.shape[-2:])
@@ -153,7 +167,7 @@ def predict(model: nn.Module, images: torch.Tensor, input_size: tuple[int, int] 
         x = images.flip(-1) if mirrored else images
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        with _autocast(images.device):
+        with autocast(images.device, precision):
             logits = logits_of(model(x)).float()
         if tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
@@ -170,7 +184,7 @@ def predict(model: nn.Module, images: torch.Tensor, input_size: tuple[int, int] 
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
              input_size: tuple[int, int] | None = None, ignore_index: int = 255,
              boundary: bool = False, progress: bool = True, scales: Sequence[float] = (1.0,),
-             flip: bool = False, trimap_widths: tuple[int, ...] = ()) -> dict:
+             flip: bool = False, trimap_widths: tuple[int, ...] = (), precision: str | None = None) -> dict:
     """Metrics over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]) at the
     masks' resolution: dict with ``miou``, ``pixel_acc``, ``iou`` [C], ``dice`` [C], ``cm``
     (and ``bf1``, ``mbf1`` with ``boundary=True``; ``trimap`` with ``trimap_widths``, see
@@ -180,7 +194,7 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     meter = SegmentationMeter(num_classes, ignore_index, boundary=boundary, trimap_widths=trimap_widths)
     for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images = _to_device(images, device, channels_last)
-        logits = predict(model, images, input_size, tuple(masks.shape[-2:]), scales, flip)
+        logits = predict(model, images, input_size, tuple(masks.shape[-2:]), scales, flip, precision)
         meter.update(logits.argmax(1), masks.to(device))
     return meter.compute()
 
@@ -207,17 +221,53 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise RuntimeError(f"Cannot read checkpoint {path}: {e}. Delete it to retrain.") from e
 
 
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint was trained with another configuration than the one asked for."""
+
+
+def _config_diff(saved: dict, wanted: dict) -> list[str]:
+    keys = sorted(set(saved) | set(wanted))
+    return [f"{k}: {saved.get(k, '<not recorded>')!r} in the checkpoint, {wanted.get(k, '<not set>')!r} now"
+            for k in keys if saved.get(k) != wanted.get(k)]
+
+
+def run_config(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer, schedule: str,
+               precision: str, loss_fn: Callable | None = None, time_budget_s: float | None = None,
+               extra: dict | None = None) -> dict:
+    """What a checkpoint records about how its model was trained (compared before reuse):
+    model class and parameter count, epochs, optimizer and its hyper-parameters, schedule,
+    loss, precision, time budget, plus ``extra`` (e.g. seed, profile, width, data size)."""
+    hyper = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, str, bool))}
+    cfg = {"model": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
+           "epochs": int(epochs), "optimizer": type(optimizer).__name__, **{f"opt_{k}": v for k, v in hyper.items()},
+           "schedule": schedule, "precision": precision,
+           "loss": type(loss_fn).__name__ if loss_fn is not None else "CrossEntropyLoss",
+           "time_budget_s": time_budget_s}
+    for k, v in (extra or {}).items():
+        cfg[k] = list(v) if isinstance(v, tuple) else v
+    return cfg
+
+
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *, num_classes: int,
         device: torch.device, epochs: int, optimizer: torch.optim.Optimizer,
         loss_fn: Callable | None = None, schedule: str = "poly", checkpoint: str | Path | None = None,
         input_size: tuple[int, int] | None = None, ignore_index: int = 255,
-        time_budget_s: float | None = None, progress: bool = True, verbose: bool = True) -> History:
-    """Train ``model`` for ``epochs`` (or until ``time_budget_s``), evaluating each epoch.
+        time_budget_s: float | None = None, progress: bool = True, verbose: bool = True,
+        precision: str | None = None, config: dict | None = None, val_every: int = 1) -> History:
+    """Train ``model`` for ``epochs`` (or until ``time_budget_s``), evaluating on
+    ``val_loader`` every ``val_every`` epochs (and after the last).
 
-    ``schedule`` ("poly" | "onecycle" | "constant") is stepped per batch. With ``checkpoint``:
-    a complete checkpoint is loaded instead of training; an incomplete one is resumed.
-    Returns the :class:`History` (``history.records``, one dict per epoch).
+    ``schedule`` ("poly" | "onecycle" | "constant") is stepped per batch. ``precision``:
+    "bf16" | "fp32" (default: :func:`~course_lib.runtime.get_precision`). With
+    ``checkpoint``: a complete checkpoint trained with the same configuration (see
+    :func:`run_config`; ``config`` adds entries such as seed or profile) is loaded instead of
+    training, an incomplete one is resumed, and one with another configuration raises
+    :class:`CheckpointMismatchError` naming the differences. Returns the :class:`History`
+    (``history.records``, one dict per epoch; ``history.meta``: device, precision, when).
     """
+    precision = precision or get_precision(device)
+    wanted = run_config(model, epochs=epochs, optimizer=optimizer, schedule=schedule, precision=precision,
+                        loss_fn=loss_fn, time_budget_s=time_budget_s, extra=config)
     loss_fn = loss_fn or nn.CrossEntropyLoss(ignore_index=ignore_index)
     model.to(device)
     if prefers_channels_last(device):
@@ -227,13 +277,20 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
     history, start_epoch = History(), 0
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, device)
+        diff = _config_diff(state.get("config") or {}, wanted)
+        if diff:
+            raise CheckpointMismatchError(
+                f"Checkpoint {checkpoint} was trained with another configuration:\n  " + "\n  ".join(diff)
+                + "\nIt is not reused. Delete it (or pass another checkpoint path) to train with the new settings, "
+                  "or restore the old settings to load it.")
         model.load_state_dict(state["model"])
         history = History.from_dict(state["history"])
         if state.get("complete"):
             if verbose:
-                print(f"Loaded trained weights from {checkpoint} "
-                      f"({len(history)} epochs, {history.train_time_s:.0f} s of training); "
-                      f"delete it to retrain.")
+                meta = history.meta
+                print(f"Loaded trained weights from {checkpoint}: {len(history)} epochs, "
+                      f"{history.train_time_s:.0f} s of training on {meta.get('device', '?')} "
+                      f"({meta.get('precision', '?')}, finished {meta.get('finished', '?')}); delete it to retrain.")
             return history
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
@@ -241,29 +298,33 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
         start_epoch = state["epoch"]
         if verbose:
             print(f"Resuming from {checkpoint} at epoch {start_epoch}/{epochs}.")
+    history.meta.update(device=device_name(device), precision=precision)
     start = time.perf_counter()
     deadline = (start + time_budget_s - history.train_time_s) if time_budget_s is not None else None
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device, scheduler,
-                               progress, desc=f"epoch {epoch + 1}/{epochs}", deadline=deadline)
+                               progress, desc=f"epoch {epoch + 1}/{epochs}", deadline=deadline,
+                               precision=precision)
         train_s = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "train_loss": loss, "lr": lr, "time_s": train_s}
-        if val_loader is not None:
-            m = evaluate(model, val_loader, num_classes, device, input_size, ignore_index,
-                         progress=progress)
-            record.update(val_miou=m["miou"], val_pixel_acc=m["pixel_acc"])
-        history.append(**record)
         out_of_time = deadline is not None and time.perf_counter() > deadline
         done = epoch + 1 == epochs or out_of_time
+        if val_loader is not None and val_every > 0 and ((epoch + 1) % val_every == 0 or done):
+            m = evaluate(model, val_loader, num_classes, device, input_size, ignore_index,
+                         progress=progress, precision=precision)
+            record.update(val_miou=m["miou"], val_pixel_acc=m["pixel_acc"])
+        history.append(**record)
         if verbose:
             extra = f", val mIoU {record['val_miou']:.3f}" if "val_miou" in record else ""
             print(f"epoch {epoch + 1:3d}/{epochs}: loss {loss:.4f}{extra} ({train_s:.1f} s)")
+        if done:
+            history.meta["finished"] = datetime.datetime.now().isoformat(timespec="minutes")
         if checkpoint is not None:
             save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict() if scheduler is not None else {},
-                            epoch=epoch + 1, history=history.to_dict(), complete=done)
+                            epoch=epoch + 1, history=history.to_dict(), complete=done, config=wanted)
         if out_of_time:
             if verbose:
                 print(f"Time budget of {time_budget_s:.0f} s reached after epoch {epoch + 1}.")
@@ -274,13 +335,16 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
 def fit_recipe(model: nn.Module, loaders, *, device: torch.device, epochs: int,
                checkpoint: str | Path | None = None, lr: float = 1e-3, loss_fn: Callable | None = None,
                input_size: tuple[int, int] | None = None, generator: torch.Generator | None = None,
-               seed: int = 0) -> History:
+               seed: int = 0, val_every: int = 0, precision: str | None = None,
+               config: dict | None = None) -> History:
     """The course's CamVid training recipe, shared by notebooks 05-08: AdamW (weight decay
     1e-4) with a one-cycle schedule stepped per batch, class-weighted cross-entropy
     (``loaders.class_weights``, a :class:`~course_lib.data.SemanticLoaders`) unless ``loss_fn``
-    is given, and no per-epoch validation. The global torch RNG (augmentation, dropout) and
-    ``generator`` (the train loader's shuffle generator) are reset to ``seed``, so that every
-    model sees the same data order and the same augmented images. Initialise the model before.
+    is given, and validation on ``loaders.val`` every ``val_every`` epochs (0: never). The
+    global torch RNG (augmentation, dropout) and ``generator`` (the train loader's shuffle
+    generator) are reset to ``seed``, so that every model sees the same data order and the
+    same augmented images. Initialise the model before. The checkpoint records the seed, lr,
+    batch size and training crop besides :func:`run_config` and ``config``.
     """
     torch.manual_seed(seed)
     if generator is not None:
@@ -288,6 +352,11 @@ def fit_recipe(model: nn.Module, loaders, *, device: torch.device, epochs: int,
     if loss_fn is None:
         loss_fn = nn.CrossEntropyLoss(weight=loaders.class_weights.to(device), ignore_index=255)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    return fit(model, loaders.train, None, num_classes=loaders.num_classes, device=device, epochs=epochs,
-               optimizer=opt, loss_fn=loss_fn, schedule="onecycle", checkpoint=checkpoint,
-               input_size=input_size, progress=False, verbose=False)
+    train = loaders.train
+    recorded = {"seed": seed, "batch_size": getattr(train, "batch_size", None),
+                "train_items": len(train.dataset) if hasattr(train, "dataset") else None,
+                "input_size": list(input_size) if input_size is not None else None, **(config or {})}
+    return fit(model, train, loaders.val if val_every else None, num_classes=loaders.num_classes,
+               device=device, epochs=epochs, optimizer=opt, loss_fn=loss_fn, schedule="onecycle",
+               checkpoint=checkpoint, input_size=input_size, progress=False, verbose=False,
+               precision=precision, config=recorded, val_every=val_every)

@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 
-import torch
 
-from .runtime import REPO_ROOT
+from .runtime import REPO_ROOT, device_name  # noqa: F401  (notebooks call leaderboard.device_name)
 
 PATH = REPO_ROOT / "results" / "camvid_leaderboard.json"
 COLUMNS = ("model", "notebook", "params_m", "profile", "device", "train_size", "train_s", "val_miou", "test_miou")
-
-
-def device_name(device: torch.device) -> str:
-    """A short human description of ``device`` for result tables."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
 def load(path: Path = PATH) -> list[dict]:

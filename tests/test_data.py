@@ -223,3 +223,43 @@ def test_semantic_loaders_smoke_fallback(tmp_path, monkeypatch):
     assert L.num_classes == 4 and len(L.class_weights) == 4
     xv, yv = next(iter(L.val))
     assert xv.dtype == torch.float32 and yv.shape[-2:] == xv.shape[-2:]
+
+
+@pytest.mark.realdata
+def test_in_memory_cache_gives_the_same_batches(camvid_dir):
+    """Decoding once (InMemory) must not change a single augmented pixel or label."""
+    from torch.utils.data import Subset
+
+    from course_lib.data import InMemory
+    from course_lib.runtime import get_profile
+
+    size, crop = (96, 128), (64, 96)
+    plain = Subset(D.CamVid("train", transforms=D.train_transforms(size, crop=crop)), range(6))
+    cached = InMemory(Subset(D.CamVid("train"), range(6)), size, D.train_transforms(size, crop=crop), progress=False)
+    assert cached.nbytes == 6 * (3 + 1) * 96 * 128  # uint8 images and masks
+    for i in range(6):
+        torch.manual_seed(i)
+        a = plain[i]
+        torch.manual_seed(i)
+        b = cached[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and b[1].dtype == torch.int64
+    assert torch.equal(cached.read_mask(2), D.CamVid("train").read_mask(2))  # full-resolution labels
+    # the loaders built on it: same first batch, same class weights, cached or not
+    prof = get_profile("smoke")
+    batches = []
+    for cache in (False, True):
+        L = D.semantic_loaders("camvid", prof, size, torch.Generator().manual_seed(0), crop=crop, cache=cache)
+        torch.manual_seed(0)
+        batches.append((next(iter(L.train)), next(iter(L.val)), L.class_weights))
+    (x0, y0), (vx0, vy0), w0 = batches[0]
+    (x1, y1), (vx1, vy1), w1 = batches[1]
+    assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(vx0, vx1) and torch.equal(vy0, vy1)
+    assert torch.equal(w0, w1) and vy1.shape[-2:] == (360, 480)
+
+
+def test_in_memory_refuses_float_images():
+    from course_lib.data import InMemory
+
+    float_shapes = D.Shapes(2, size=(16, 16), seed=0, transforms=D.eval_transforms())
+    with pytest.raises(TypeError, match="caches uint8 images"):
+        InMemory(float_shapes, progress=False)

@@ -61,6 +61,7 @@ def test_interrupted_run_resumes_where_it_stopped(loaders, tmp_path):
           optimizer=opt, checkpoint=ckpt, progress=False, verbose=False)
     state = torch.load(ckpt, weights_only=True)
     state["complete"] = False  # as if it had been stopped after epoch 2 of 4
+    state["config"]["epochs"] = 4
     E.save_checkpoint(ckpt, **state)
     model2 = tiny_net()
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
@@ -182,3 +183,63 @@ def test_fit_recipe_is_reproducible(loaders):
         assert len(hist) == 2
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(weights[0], weights[1])
+
+
+def test_checkpoint_records_config_and_refuses_another(loaders, tmp_path, capsys):
+    """Issue 9, item 5: a finished checkpoint is never reused after a setting changes."""
+    train, _ = loaders
+    ckpt = tmp_path / "cfg.pt"
+
+    def run(epochs=2, lr=0.05, config=None, verbose=False):
+        torch.manual_seed(0)
+        model = tiny_net()
+        return E.fit(model, train, None, num_classes=4, device=torch.device("cpu"), epochs=epochs,
+                     optimizer=torch.optim.SGD(model.parameters(), lr=lr), checkpoint=ckpt,
+                     progress=False, verbose=verbose, config=config, precision="fp32")
+
+    run(config={"seed": 0, "width": 8})
+    saved = torch.load(ckpt, weights_only=True)["config"]
+    assert saved["epochs"] == 2 and saved["seed"] == 0 and saved["width"] == 8
+    assert saved["model"] == "Sequential" and saved["precision"] == "fp32" and saved["opt_lr"] == 0.05
+    hist = run(config={"seed": 0, "width": 8}, verbose=True)  # same settings: loaded
+    out = capsys.readouterr().out
+    assert "Loaded trained weights" in out and "2 epochs" in out and "CPU" in out and "fp32" in out
+    assert hist.meta["precision"] == "fp32" and hist.meta["finished"]
+    with pytest.raises(E.CheckpointMismatchError, match=r"(?s)epochs: 2 in the checkpoint, 3 now.*Delete it"):
+        run(epochs=3, config={"seed": 0, "width": 8})
+    with pytest.raises(E.CheckpointMismatchError, match="opt_lr: 0.05 in the checkpoint, 0.1 now"):
+        run(lr=0.1, config={"seed": 0, "width": 8})
+    with pytest.raises(E.CheckpointMismatchError, match="seed: 0 in the checkpoint, 1 now"):
+        run(config={"seed": 1, "width": 8})
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]  # a checkpoint from before configurations were recorded
+    E.save_checkpoint(ckpt, **state)
+    with pytest.raises(E.CheckpointMismatchError, match="not recorded"):
+        run(config={"seed": 0, "width": 8})
+
+
+def test_precision_bf16_autocasts_forward_but_loss_is_fp32(loaders):
+    train, _ = loaders
+    seen = {}
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_net()
+
+        def forward(self, x):
+            y = self.net(x)
+            seen["forward"] = y.dtype
+            return y
+
+    def loss_fn(logits, target):
+        seen["loss_input"] = logits.dtype
+        return nn.functional.cross_entropy(logits, target, ignore_index=255)
+
+    model = Probe()
+    for precision, expected in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        E.train_one_epoch(model, [next(iter(train))], loss_fn, torch.optim.SGD(model.parameters(), lr=0.01),
+                          torch.device("cpu"), progress=False, precision=precision)
+        assert seen == {"forward": expected, "loss_input": torch.float32}
+        logits = E.predict(model.eval(), next(iter(train))[0], precision=precision)
+        assert logits.dtype == torch.float32 and seen["forward"] == expected

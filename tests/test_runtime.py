@@ -38,3 +38,28 @@ def test_setup_seeds_and_prints(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "profile : smoke" in out and "device  : cpu" in out and "data    :" in out
     assert s.device == torch.device("cpu") and s.profile.name == "smoke"
+
+
+def test_precision_auto_env_and_errors(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("COURSE_PRECISION", raising=False)
+    monkeypatch.setattr(R, "cpu_has_fast_bf16", lambda: False)
+    assert R.get_precision(cpu) == "fp32"  # emulated bf16 is slower than fp32: never chosen
+    monkeypatch.setattr(R, "cpu_has_fast_bf16", lambda: True)
+    assert R.get_precision(cpu) == "bf16"
+    assert R.get_precision(torch.device("cuda")) == "bf16"
+    assert R.get_precision(torch.device("mps")) == "fp32"
+    monkeypatch.setenv("COURSE_PRECISION", " FP32 ")
+    assert R.get_precision(cpu) == "fp32"
+    monkeypatch.setenv("COURSE_PRECISION", "half")
+    with pytest.raises(ValueError, match="Unknown precision 'half'.*fp32.*bf16"):
+        R.get_precision(cpu)
+    with pytest.raises(ValueError, match="not supported on MPS"):
+        R.get_precision(torch.device("mps"), "bf16")
+
+
+def test_setup_prints_precision(capsys, monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    monkeypatch.setenv("COURSE_PRECISION", "bf16")
+    s = R.setup(profile="smoke")
+    assert s.precision == "bf16" and "precision: bf16 autocast" in capsys.readouterr().out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cache import InMemory
 from .camvid import CamVid
 from .download import (ChecksumError, DatasetNotFoundError, dataset_dir, download_file, fetch,
                        load_manifest, safe_extract, sha256sum)
@@ -17,7 +18,7 @@ from .shapes import Shapes
 from .transforms import denormalize, eval_transforms, to_model_input, train_transforms
 
 __all__ = [
-    "CamVid", "Membrane", "Nuclei", "PennFudan", "TinyCOCO", "voc_segmentation", "Shapes",
+    "InMemory", "CamVid", "Membrane", "Nuclei", "PennFudan", "TinyCOCO", "voc_segmentation", "Shapes",
     "DatasetNotFoundError", "ChecksumError", "dataset_dir", "download_file", "fetch",
     "load_manifest", "safe_extract", "sha256sum", "instance_target", "seeded_split",
     "train_transforms", "eval_transforms", "to_model_input", "denormalize",

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..losses import class_weights, pixel_counts
 from ..runtime import Profile
+from .cache import InMemory
 from .camvid import CamVid
 from .download import DatasetNotFoundError
 from .membrane import Membrane
@@ -59,24 +60,42 @@ class SemanticLoaders:
 
 def semantic_loaders(name: str, profile: Profile, size: tuple[int, int], generator: torch.Generator | None = None,
                      channels: int = 3, root: str | Path | None = None, batch_size: int | None = None,
-                     crop: tuple[int, int] | None = None) -> SemanticLoaders:
+                     crop: tuple[int, int] | None = None, cache: bool = True) -> SemanticLoaders:
     """Loaders for "camvid" (val / test splits) at training size ``size`` (H, W), with the
     profile's subsets, batch size and workers; training images are random ``crop``s
-    (default: the whole ``size``). Falls back to Shapes only in ``smoke``."""
-    def subset(ds: Dataset, train: bool) -> Subset:
+    (default: the whole ``size``). Falls back to Shapes only in ``smoke``.
+
+    With ``cache`` (default), each split is decoded once into memory (:class:`InMemory`):
+    train at ``size``, val/test at full resolution; the batches are the same as without it.
+    """
+    def subset(ds: Dataset, train: bool) -> Dataset:
         return Subset(ds, range(profile.subset(len(ds), train=train)))  # type: ignore[arg-type]
 
-    train_ds = semantic_dataset(name, "train", profile, train_transforms(size, channels=channels, crop=crop), root)
-    val_ds = semantic_dataset(name, "val", profile, eval_transforms(channels), root)
-    test_ds = semantic_dataset(name, "test", profile, eval_transforms(channels), root)
+    def split(which: str, train: bool, transforms: Callable) -> Dataset:
+        if not cache:
+            return subset(semantic_dataset(name, which, profile, transforms, root), train)
+        base = subset(semantic_dataset(name, which, profile, None, root), train)
+        return InMemory(base, size if train else None, transforms, desc=f"decode {name} {which}")
+
+    train_set = split("train", True, train_transforms(size, channels=channels, crop=crop))
+    val_set = split("val", False, eval_transforms(channels))
+    test_set = split("test", False, eval_transforms(channels))
+    meta = _root_dataset(train_set)
     bs = batch_size or profile.batch_size
     common = dict(batch_size=bs, num_workers=profile.num_workers, persistent_workers=profile.num_workers > 0)
-    train_sub = subset(train_ds, True)
-    counts = pixel_counts(train_ds, len(train_ds.classes), len(train_sub))  # type: ignore[attr-defined]
+    # full-resolution labels of the training subset (the first n items), no augmentation
+    counts = pixel_counts(meta, len(meta.classes), len(train_set))  # type: ignore[attr-defined, arg-type]
     return SemanticLoaders(
-        train=DataLoader(train_sub, shuffle=True, drop_last=len(train_sub) > bs, generator=generator, **common),
-        val=DataLoader(subset(val_ds, False), **common),
-        test=DataLoader(subset(test_ds, False), **common),
-        classes=tuple(train_ds.classes), palette=tuple(train_ds.palette),  # type: ignore[attr-defined]
-        num_classes=len(train_ds.classes), class_weights=class_weights(counts),  # type: ignore[attr-defined]
+        train=DataLoader(train_set, shuffle=True, drop_last=len(train_set) > bs, generator=generator, **common),  # type: ignore[arg-type]
+        val=DataLoader(val_set, **common),
+        test=DataLoader(test_set, **common),
+        classes=tuple(meta.classes), palette=tuple(meta.palette),  # type: ignore[attr-defined]
+        num_classes=len(meta.classes), class_weights=class_weights(counts),  # type: ignore[attr-defined]
     )
+
+
+def _root_dataset(ds: Dataset) -> Dataset:
+    """The dataset under any ``InMemory`` / ``Subset`` wrappers (it has ``classes``, ``palette``)."""
+    while isinstance(ds, (InMemory, Subset)):
+        ds = ds.dataset
+    return ds
