@@ -171,6 +171,9 @@ def notebook_style(dpi: int = 100, jpeg_quality: int = 90) -> None:
         from IPython import get_ipython
         from IPython.core.pylabtools import print_figure
         from matplotlib.figure import Figure
+        # Importing the inline backend registers its own (PNG) formatters; do it first so that
+        # ours replace them rather than being replaced when matplotlib loads the backend lazily.
+        import matplotlib_inline.backend_inline  # noqa: F401
     except ImportError:
         return
     shell = get_ipython()
