@@ -36,3 +36,27 @@ def test_figures_render():
     axes = viz.plot_history(h)
     assert list(axes[0].lines[0].get_ydata()) == [1.0, 0.5]
     viz.bar_per_class({"x": [0.1, 0.2]}, ["a", "b"])
+
+
+def test_figure_format_png_for_plots_jpeg_for_photos():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    ax.imshow(np.zeros((11, 11)))  # a confusion matrix: small array, text on it
+    assert viz.figure_format(fig) == "png"
+    fig, ax = plt.subplots()
+    ax.imshow(np.zeros((120, 160, 3), np.uint8))
+    assert viz.figure_format(fig) == "jpeg"
+    plt.close("all")
+
+
+def test_camvid_palette_colours_are_distinct():
+    from course_lib.data import CamVid
+
+    pal = np.asarray(CamVid.palette, float)
+    dist = np.sqrt(((pal[:, None] - pal[None]) ** 2).sum(-1))
+    np.fill_diagonal(dist, np.inf)
+    road, pavement, car = (CamVid.classes.index(c) for c in ("Road", "Pavement", "Car"))
+    assert min(dist[road, pavement], dist[road, car], dist[pavement, car]) > 120
+    assert dist.min() > 60

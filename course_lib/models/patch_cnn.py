@@ -50,8 +50,10 @@ class PatchClassifier(nn.Module):
 
 class ConvolutionalizedClassifier(nn.Module):
     """The same weights as a fully convolutional network: image [B, 3, H, W] → logits
-    [B, C, (H − 32) // 4 + 1, (W − 32) // 4 + 1]; output (i, j) = classifier on the patch at
-    rows 4i..4i+31, columns 4j..4j+31. Use :func:`dense_logits` for per-pixel predictions."""
+    [B, C, (H − 30) // 4 + 1, (W − 30) // 4 + 1]; output (i, j) = classifier on the patch at
+    rows 4i..4i+31, columns 4j..4j+31, whose last two rows and columns the classifier never
+    sees (the second pooling floors 13 to 6), so an output exists wherever a 30×30 window fits.
+    Use :func:`dense_logits` for per-pixel predictions."""
 
     def __init__(self, clf: PatchClassifier):
         super().__init__()
