@@ -38,7 +38,8 @@ from course_lib.runtime import get_device, get_precision, get_profile, seed_ever
 MODELS = {
     "fcn8s-r18": lambda c: FCN(c, "8s", "resnet18"),
     "unet-w16": lambda c: UNet(c, width=16),
-    "deeplabv3plus-r18": lambda c: DeepLab(c, "resnet18", head="aspp_v3", output_stride=16, decoder=True),
+    "deeplabv3plus-r18": lambda c: DeepLab(c, head="aspp_v3", backbone="resnet18", output_stride=16, decoder=True,
+                                           channels=128),
 }
 
 
