@@ -400,3 +400,18 @@ def test_trimap_width_is_a_whole_number_of_pixels(width):
 def test_semantic_boundary_f1_needs_integer_label_maps():
     with pytest.raises(ValueError, match="integer label maps"):
         M.semantic_boundary_f1(torch.rand(4, 4), torch.zeros(4, 4, dtype=torch.long), 2)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 5, 8])
+def test_dilate_equals_convolution_with_the_disk(radius):
+    """The row-segment dilation is exactly the disk dilation (conv2d with the disk > 0)."""
+    import torch.nn.functional as F
+
+    from course_lib.metrics import dilate, disk
+
+    g = torch.Generator().manual_seed(radius)
+    for shape in ((1, 37, 53), (3, 5, 64), (2, 64, 4)):
+        m = torch.rand(shape, generator=g) > 0.97
+        ref = F.conv2d(m[:, None].float(), disk(radius)[None, None], padding=radius)[:, 0] > 0.5
+        assert torch.equal(dilate(m, radius), ref)
+    assert torch.equal(dilate(torch.zeros(4, 4, dtype=torch.bool), radius), torch.zeros(4, 4, dtype=torch.bool))
