@@ -49,7 +49,7 @@ def main() -> None:
     a2.margins(x=0.35, y=0.15)
     a1.margins(y=0.15)
     a1.set_xlabel("parameters (M, log)")
-    a2.set_xlabel("training time (min, validation passes included)")
+    a2.set_xlabel("training time (min, without the validation passes)")
     for a in (a1, a2):
         a.set_ylabel("CamVid test mIoU (%)")
         a.grid(alpha=0.3)
