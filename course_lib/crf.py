@@ -131,3 +131,55 @@ def mean_field(image: ArrayLike, probs: ArrayLike, iterations: int = 10, w1: flo
         # which up to a per-pixel constant is a reward for the mass of the same label
         q = torch.softmax(-unary + q @ pairwise, dim=0)
     return q.reshape(c, h, w)
+
+
+def grid_search(score, grid: dict[str, tuple[float, ...]], max_extensions: int = 3) -> tuple[dict, dict]:
+    """Maximise ``score(**params)`` over the product of ``grid`` (name → increasing values),
+    growing the grid until the best point is **inside** it: while the best value of a parameter
+    is the first or last of its (≥ 2) values, one more value is added beyond it on the same
+    geometric step (at most ``max_extensions`` times per side; never below ``MIN_THETA``).
+    Each point is scored once. Returns (best params, {params tuple: score}) with tuples in
+    ``grid``'s key order; the final grid is ``{k: sorted values seen}``."""
+    names = list(grid)
+    axes = {k: sorted(float(v) for v in grid[k]) for k in names}
+    scores: dict[tuple, float] = {}
+    grown = {(k, side): 0 for k in names for side in (0, 1)}
+    while True:
+        for point in _product([axes[k] for k in names]):
+            if point not in scores:
+                scores[point] = float(score(**dict(zip(names, point))))
+        best = max(scores, key=scores.get)
+        changed = False
+        for i, k in enumerate(names):
+            vals = axes[k]
+            if len(vals) < 2:
+                continue
+            if best[i] == vals[-1] and grown[(k, 1)] < max_extensions:
+                vals.append(vals[-1] * vals[-1] / vals[-2])
+                grown[(k, 1)] += 1
+                changed = True
+            elif best[i] == vals[0] and grown[(k, 0)] < max_extensions and vals[0] * vals[0] / vals[1] >= MIN_THETA:
+                vals.insert(0, vals[0] * vals[0] / vals[1])
+                grown[(k, 0)] += 1
+                changed = True
+        if not changed:
+            return dict(zip(names, best)), scores
+
+
+def _product(lists: list[list[float]]) -> list[tuple]:
+    out: list[tuple] = [()]
+    for values in lists:
+        out = [p + (v,) for p in out for v in values]
+    return out
+
+
+def crf_miou(samples: list[tuple[np.ndarray, np.ndarray, torch.Tensor]], num_classes: int,
+             iterations: int = 10, **params) -> float:
+    """mIoU (void ignored) of ``dense_crf`` with ``params`` over ``samples`` of (image uint8
+    [H, W, 3], probabilities [C, H, W], labels int [H, W] with 255 = void), one confusion
+    matrix summed over all images: the score :func:`grid_search` maximises on validation."""
+    from .metrics import confusion_matrix, mean_iou
+
+    cm = sum(confusion_matrix(torch.from_numpy(dense_crf(img, p, iterations, **params).argmax(0)), y, num_classes)
+             for img, p, y in samples)
+    return float(mean_iou(cm))

@@ -26,7 +26,7 @@ from .data.camvid import CamVid
 from .data.membrane import Membrane
 from .engine import autocast, logits_of
 from .runtime import PROFILES, REPO_ROOT, Profile
-from .models import FCN, DeepLab, PatchClassifier, SegNet, UNet, convolutionalize, dense_logits
+from .models import FCN, DeepLab, PatchClassifier, SegNet, UNet, convolutionalize, dense_logits, smp_model
 from .models.deeplab import scaled_rates
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -98,9 +98,7 @@ def notebook_cfg(notebook: str, profile: str = "gpu") -> dict:
 
 
 def _smp(kind: str, encoder: str, **kwargs) -> nn.Module:
-    import segmentation_models_pytorch as smp  # imported when built: slow to import
-
-    return getattr(smp, kind)(encoder, encoder_weights=None, classes=CAMVID_CLASSES, **kwargs)
+    return smp_model(kind, encoder, CAMVID_CLASSES, **kwargs)
 
 
 def _convolutionalized_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,12 @@
 """The course's CamVid leaderboard: notebooks record results, the README shows them.
 
-Rows live in ``results/camvid_leaderboard.json`` (committed: they are outputs of real runs),
-one per (model, profile); recording again replaces the row. ``markdown_table()`` renders
-the rows of the chosen profiles for the README (``python -m course_lib.leaderboard``).
+Two sources, both committed outputs of real runs:
+- the notebooks' live runs, ``results/camvid_leaderboard.json``, one row per (model, profile);
+  recording again replaces the row;
+- the reference runs, ``results/camvid_reference.json`` (``benchmarks/camvid_reference.py``):
+  one row per arm, the mean over its seeds with the range (:func:`reference_rows`).
+
+``markdown_table()`` renders both for the README (``python -m course_lib.leaderboard``).
 """
 
 from __future__ import annotations
@@ -55,14 +59,45 @@ def record(row: dict, path: Path = PATH) -> list[dict]:
     return rows
 
 
-def markdown_table(profiles: tuple[str, ...] = ("cpu", "gpu"), path: Path = PATH) -> str:
-    """The leaderboard as a Markdown table (best val mIoU first within each profile)."""
+def reference_rows(study: str = "camvid_reference", root: Path | None = None) -> list[dict]:
+    """One row per arm of ``results/<study>.json``: test and final-val mIoU averaged over its
+    seeds (``test_min``/``test_max``: the range), seeds, parameters, mean training seconds,
+    epochs; best mean test mIoU first."""
+    from .results import load_results, summarize
+
+    runs = load_results(study, root)["runs"]
+    test, val = summarize(runs, "test_miou"), summarize(runs, "final_val_miou")
+    rows = []
+    for arm, t in test.items():
+        mine = [r for r in runs if r["arm"] == arm]
+        rows.append(dict(model=arm, params_m=mine[0].get("params_m") or 0.0, seeds=sorted(t["values"]),
+                         epochs=mine[0]["provenance"].get("epochs"), device=mine[0]["provenance"].get("device", "?"),
+                         train_s=sum(r.get("train_s") or 0.0 for r in mine) / len(mine),
+                         test_miou=t["mean"], test_min=t["min"], test_max=t["max"],
+                         val_miou=val[arm]["mean"] if arm in val else float("nan")))
+    return sorted(rows, key=lambda r: -r["test_miou"])
+
+
+def markdown_table(profiles: tuple[str, ...] = ("cpu", "gpu"), path: Path = PATH,
+                   study: str | None = "camvid_reference") -> str:
+    """The leaderboard as Markdown: the notebooks' live runs (best test mIoU first within each
+    profile), then, if ``study`` has runs, the reference runs (mean over seeds [min, max])."""
     lines = ["| model | notebook | params (M) | profile | device | trained at | train time | val mIoU | test mIoU |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in load(path):
+    for r in sorted(load(path), key=lambda r: (r["profile"], -r["test_miou"])):
         if r["profile"] in profiles:
             lines.append(f"| {r['model']} | {r['notebook']} | {r['params_m']:.2f} | {r['profile']} | {r['device']} | "
                          f"{r['train_size']} | {r['train_s'] / 60:.1f} min | {100 * r['val_miou']:.1f} | {100 * r['test_miou']:.1f} |")
+    ref = reference_rows(study) if study else []
+    if ref:
+        lines += ["", f"Reference runs (`results/{study}.json`, `benchmarks/camvid_reference.py`): the mean over "
+                  "paired seeds, [min, max] over seeds.", "",
+                  "| arm | params (M) | epochs | seeds | train time (mean) | final val mIoU | test mIoU [min, max] |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in ref:
+            lines.append(f"| {r['model']} | {r['params_m']:.2f} | {r['epochs']} | {len(r['seeds'])} | "
+                         f"{r['train_s'] / 60:.1f} min | {100 * r['val_miou']:.1f} | "
+                         f"{100 * r['test_miou']:.1f} [{100 * r['test_min']:.1f}, {100 * r['test_max']:.1f}] |")
     return "\n".join(lines)
 
 

@@ -98,11 +98,37 @@ def record_run(name: str, arm: str, seed: int, metrics: dict, *, provenance: dic
     return path
 
 
+def metric_value(run: dict, metric: str) -> float | None:
+    """``run["metrics"][metric]``, where ``metric`` may reach inside: "test_trimap.5" (a key of a
+    dict), "test_iou.3" (an index of a list, e.g. a class). None when absent or NaN."""
+    v = run["metrics"]
+    for part in metric.split("."):
+        if isinstance(v, dict):
+            v = v.get(part)
+        elif isinstance(v, list) and part.isdigit() and int(part) < len(v):
+            v = v[int(part)]
+        else:
+            return None
+        if v is None:
+            return None
+    return float(v)
+
+
+def select(runs: list[dict], arms: dict[str, str]) -> list[dict]:
+    """The runs of the chosen arms, renamed: ``arms`` maps a notebook's label → a recorded arm
+    name, e.g. ``{"v3": "deeplabv3-r10", "v3+": "deeplabv3plus-r10"}``; label order is kept."""
+    by_arm = {arm: label for label, arm in arms.items()}
+    picked = [dict(r, arm=by_arm[r["arm"]]) for r in runs if r["arm"] in by_arm]
+    order = list(arms)
+    return sorted(picked, key=lambda r: (order.index(r["arm"]), r["seed"]))
+
+
 def summarize(runs: list[dict], metric: str) -> dict[str, dict]:
-    """Per arm: ``values`` by seed, ``mean``, ``min``, ``max``, ``spread`` (max − min), ``n``."""
+    """Per arm: ``values`` by seed, ``mean``, ``min``, ``max``, ``spread`` (max − min), ``n``.
+    ``metric`` as in :func:`metric_value`."""
     out: dict[str, dict] = {}
     for r in runs:
-        v = r["metrics"].get(metric)
+        v = metric_value(r, metric)
         if v is None:
             continue
         out.setdefault(r["arm"], {"values": {}})["values"][r["seed"]] = float(v)
@@ -119,6 +145,43 @@ def paired_differences(runs: list[dict], metric: str, arm: str, baseline: str) -
         return {}
     a, b = s[arm]["values"], s[baseline]["values"]
     return {seed: a[seed] - b[seed] for seed in sorted(set(a) & set(b))}
+
+
+def verdict(runs: list[dict], metric: str, arm: str, baseline: str, scale: float = 100.0) -> str:
+    """One line on ``arm`` − ``baseline`` over the paired seeds: the mean difference, each seed's,
+    and whether it is a difference at all. The course claims one only when every seed agrees on
+    its sign and the mean difference exceeds both arms' seed spread (max − min); otherwise it
+    says so ("no difference at this budget")."""
+    d = paired_differences(runs, metric, arm, baseline)
+    if len(d) < 2:
+        return f"{arm} vs {baseline}: {len(d)} paired seed(s) so far, too few to compare."
+    s = summarize(runs, metric)
+    mean = sum(d.values()) / len(d)
+    spread = max(s[arm]["spread"], s[baseline]["spread"])
+    seeds = ", ".join(f"{scale * v:+.1f}" for v in d.values())
+    same_sign = all(v > 0 for v in d.values()) or all(v < 0 for v in d.values())
+    real = same_sign and abs(mean) > spread
+    word = ("higher" if mean > 0 else "lower") if real else "no difference at this budget"
+    return (f"{arm} − {baseline}: {scale * mean:+.1f} (seeds {seeds}; seed spread {scale * spread:.1f}) → "
+            + (f"{arm} is {word}" if real else word))
+
+
+def study_table(runs: list[dict], metrics: dict[str, str], arms: list[str] | None = None,
+                scale: float = 100.0) -> str:
+    """A text table, one row per arm: for each metric (key → column title) the mean over seeds
+    with its [min, max], then n seeds. Arms in the given order (default: as recorded)."""
+    sums = {m: summarize(runs, m) for m in metrics}
+    arms = [a for a in (arms or list(dict.fromkeys(r["arm"] for r in runs))) if any(a in s for s in sums.values())]
+    width = max([len(a) for a in arms] + [4]) + 2
+    lines = [f"{'arm':<{width}}" + "".join(f"{t:>22}" for t in metrics.values()) + "  seeds"]
+    for a in arms:
+        cells = []
+        for m in metrics:
+            d = sums[m].get(a)
+            cells.append(f"{scale * d['mean']:6.1f} [{scale * d['min']:.1f}, {scale * d['max']:.1f}]" if d else "—")
+        n = max((sums[m][a]["n"] for m in metrics if a in sums[m]), default=0)
+        lines.append(f"{a:<{width}}" + "".join(f"{c:>22}" for c in cells) + f"  {n}")
+    return "\n".join(lines)
 
 
 def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=None, scale: float = 100.0,
@@ -147,21 +210,13 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
 
 
 def plot_curves(runs: list[dict], keys: tuple[str, ...] = ("train_loss", "val_miou"), axes=None):
-    """Training curves of every (arm, seed) from the stored per-epoch history, one colour per arm."""
-    import matplotlib.pyplot as plt
+    """Training curves of every (arm, seed) from the stored per-epoch history, one colour per
+    arm (:func:`course_lib.viz.plot_history`)."""
+    from .viz import plot_history
 
-    if axes is None:
-        _, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.2), squeeze=False)
-        axes = axes[0]
-    arms = sorted({r["arm"] for r in runs})
-    for ax, key in zip(axes, keys):
-        for r in runs:
-            pts = [(h["epoch"], h[key]) for h in r["history"] if h.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), "-o", ms=2.5, lw=1, color=f"C{arms.index(r['arm']) % 10}",
-                        label=r["arm"] if r["seed"] == min(x["seed"] for x in runs if x["arm"] == r["arm"]) else None)
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    return axes
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    first_seed = {a: min(r["seed"] for r in runs if r["arm"] == a) for a in arms}
+    names = {f"{r['arm']} · seed {r['seed']}": r for r in runs}
+    return plot_history({n: r["history"] for n, r in names.items()}, keys, axes,
+                        colors={n: f"C{arms.index(r['arm']) % 10}" for n, r in names.items()},
+                        labels={n: (r["arm"] if r["seed"] == first_seed[r["arm"]] else None) for n, r in names.items()})

@@ -3,6 +3,8 @@ matrices and training curves (matplotlib)."""
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -119,17 +121,35 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], normalize: b
     return ax
 
 
-def plot_history(history, keys: Sequence[str] = ("train_loss", "val_miou"), axes=None):
-    """Training curves from a :class:`course_lib.engine.History`, one panel per key."""
+def plot_history(histories, keys: Sequence[str] = ("train_loss", "val_miou"), axes=None, title: str | None = None,
+                 colors: dict | None = None, labels: dict | None = None):
+    """Training curves, one panel per key (epochs without the key, e.g. between validations,
+    are skipped). ``histories``: one :class:`course_lib.engine.History` (or its list of
+    per-epoch records), or a dict name → History/records for several runs on the same axes;
+    ``colors`` / ``labels`` (name → colour / legend label, None hides it) override the defaults."""
+    if not isinstance(histories, dict):
+        histories = {"": histories}
     if axes is None:
-        _, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+        _, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.2), squeeze=False)
         axes = axes[0]
-    epochs = history["epoch"]
+    for k, (name, h) in enumerate(histories.items()):
+        records = getattr(h, "records", h)
+        color = (colors or {}).get(name, f"C{k % 10}")
+        label = (labels or {}).get(name, name) if name else None
+        for ax, key in zip(axes, keys):
+            pts = [(r["epoch"], r[key]) for r in records
+                   if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+            if pts:
+                ax.plot(*zip(*pts), "-o", ms=3, lw=1.2, color=color, label=label)
     for ax, key in zip(axes, keys):
-        ax.plot(epochs, history[key], marker="o", ms=3)
         ax.set_xlabel("epoch")
-        ax.set_title(key)
+        ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
+    if any(ax.get_legend_handles_labels()[1] for ax in axes):
+        axes[0].legend(fontsize=8)
+    if title:
+        axes[0].figure.suptitle(title, fontsize=10)
+        axes[0].figure.tight_layout()
     return axes
 
 

@@ -132,3 +132,34 @@ def test_mean_field_validates_like_dense_crf():
         mean_field(image.transpose(2, 0, 1).copy(), probs)
     with pytest.raises(ValueError, match="C, H, W"):
         mean_field(image, probs[0])
+
+
+def test_grid_search_grows_the_grid_until_the_best_point_is_inside():
+    from course_lib.crf import grid_search
+
+    calls = []
+
+    def score(w1, theta_alpha):  # maximum at w1 = 8, theta_alpha = 10: outside the starting grid
+        calls.append((w1, theta_alpha))
+        return -(np.log(w1 / 8)) ** 2 - (np.log(theta_alpha / 10)) ** 2
+
+    best, scores = grid_search(score, {"w1": (2, 4), "theta_alpha": (40, 80, 160)})
+    assert best == {"w1": 8.0, "theta_alpha": 10.0}
+    w1s = sorted({k[0] for k in scores}); tas = sorted({k[1] for k in scores})
+    assert w1s[0] < best["w1"] < w1s[-1] and tas[0] < best["theta_alpha"] < tas[-1]  # inside, not on the edge
+    assert len(calls) == len(set(calls)) == len(scores)  # each point scored once
+    # a one-value axis is fixed; a bounded number of extensions stops a runaway optimum
+    best, scores = grid_search(lambda w1, tb: w1 + 0 * tb, {"w1": (1, 2), "tb": (5,)}, max_extensions=2)
+    assert best == {"w1": 8.0, "tb": 5.0} and {k[1] for k in scores} == {5.0}
+
+
+def test_crf_miou_scores_a_labelling_against_pydensecrf_output():
+    from course_lib.crf import crf_miou
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((20, 24, 3), np.uint8); img[:, 12:] = 200
+    label = torch.zeros(20, 24, dtype=torch.long); label[:, 12:] = 1
+    p = np.full((2, 20, 24), 0.5, np.float32); p[1, :, 12:] = 0.7; p[0, :, 12:] = 0.3; p[0, :, :12] = 0.7; p[1, :, :12] = 0.3
+    p += rng.uniform(-0.25, 0.25, p.shape).astype(np.float32); p = np.clip(p, 0.01, 1); p /= p.sum(0, keepdims=True)
+    assert crf_miou([(img, p, label)], 2, iterations=0, w1=4, theta_alpha=10, theta_beta=5) < 1.0
+    assert crf_miou([(img, p, label)], 2, iterations=10, w1=10, theta_alpha=10, theta_beta=5) == pytest.approx(1.0)

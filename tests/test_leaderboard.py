@@ -43,3 +43,20 @@ def test_damaged_leaderboard_file_is_named(tmp_path):
     p.write_text("[{not json")
     with pytest.raises(ValueError, match=r"lb\.json"):
         L.load(p)
+
+
+def test_reference_rows_average_seeds_and_appear_in_the_table(tmp_path, monkeypatch):
+    from course_lib import results as R
+
+    monkeypatch.setattr(R, "RESULTS_DIR", tmp_path)
+    for seed, (a, b) in enumerate([(0.30, 0.40), (0.32, 0.44)]):
+        for arm, v in (("small", a), ("big", b)):
+            R.record_run("ref", arm, seed, {"test_miou": v, "final_val_miou": v + 0.1}, params_m=1.5,
+                         train_s=60.0 * (seed + 1), provenance={"epochs": 12, "device": "CPU"})
+    rows = L.reference_rows("ref")
+    assert [r["model"] for r in rows] == ["big", "small"]
+    assert rows[0]["test_miou"] == pytest.approx(0.42) and rows[0]["test_min"] == pytest.approx(0.40)
+    assert rows[0]["seeds"] == [0, 1] and rows[0]["train_s"] == pytest.approx(90.0)
+    table = L.markdown_table(path=tmp_path / "none.json", study="ref")
+    assert "| big | 1.50 | 12 | 2 | 1.5 min | 52.0 | 42.0 [40.0, 44.0] |" in table
+    assert "Reference runs" not in L.markdown_table(path=tmp_path / "none.json", study="absent")

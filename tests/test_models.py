@@ -97,3 +97,22 @@ def test_extract_patches_centres():
     p = extract_patches(padded, torch.tensor([3, 9]), torch.tensor([5, 0]), torch.tensor([0, 0]))
     assert p.shape == (2, 1, 32, 32)
     assert p[0, 0, 16, 16] == img[0, 0, 3, 5] and p[1, 0, 16, 16] == img[0, 0, 9, 0]
+
+
+def test_smp_model_takes_any_size_and_matches_the_bare_model_where_it_divides():
+    """smp.DeepLabV3Plus needs H, W divisible by 16: the wrapper pads 360×480-like inputs and
+    crops the logits back; on a divisible size it is the bare model."""
+    from course_lib.models import PadToMultiple, smp_model
+
+    torch.manual_seed(0)
+    m = smp_model("DeepLabV3Plus", "resnet18", 5, encoder_output_stride=16, decoder_channels=16).eval()
+    assert isinstance(m, PadToMultiple) and m.multiple == 16
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 45, 60)).shape == (1, 5, 45, 60)
+        x = torch.randn(1, 3, 64, 96)
+        assert torch.equal(m(x), m.model(x))
+        with pytest.raises(RuntimeError):
+            m.model(torch.randn(1, 3, 45, 60))  # the bare model refuses it
+    assert smp_model("Unet", "resnet18", 3).multiple == 32
+    with pytest.raises(ValueError, match="positive"):
+        PadToMultiple(torch.nn.Identity(), 0)

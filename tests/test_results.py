@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 
@@ -38,19 +39,25 @@ def test_nan_becomes_null_and_bad_names_and_files_are_refused(tmp_path):
     assert R.load_results("absent", tmp_path) == {"name": "absent", "runs": []}
 
 
+def _script(name: str):
+    """benchmarks/<name>.py imported as a module (the folder is not a package)."""
+    import importlib
+
+    from course_lib.runtime import REPO_ROOT
+
+    folder = str(REPO_ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
 @pytest.mark.realdata
 def test_reference_script_records_each_arm_and_seed_once(camvid_dir, tmp_path, capsys):
     """benchmarks/camvid_reference.py on smoke-sized CamVid: one file, one run per (arm, seed),
     with history and provenance; a second call skips what is recorded."""
-    import importlib.util
-
-    from course_lib.runtime import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("camvid_reference", REPO_ROOT / "benchmarks" / "camvid_reference.py")
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
+    ref = _script("camvid_reference")
     argv = ["--study", "t", "--arms", "unet-w8", "--seeds", "0", "1", "--epochs", "4", "--profile", "smoke",
-            "--val-points", "2", "--results-dir", str(tmp_path)]
+            "--val-points", "2", "--results-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path / "ckpt")]
     ref.main(argv)
     runs = R.load_results("t", tmp_path)["runs"]
     assert sorted((r["arm"], r["seed"]) for r in runs) == [("unet-w8", 0), ("unet-w8", 1)]
@@ -60,6 +67,33 @@ def test_reference_script_records_each_arm_and_seed_once(camvid_dir, tmp_path, c
     assert r["provenance"]["profile"] == "smoke" and r["provenance"]["epochs"] == 4 and r["wall_s"] > 0
     ref.main(argv)
     assert "already recorded, skipped" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "t").iterdir()) == ["unet-w8_seed0_smoke_4ep.pt",
+                                                                           "unet-w8_seed1_smoke_4ep.pt"]
+
+
+@pytest.mark.realdata
+def test_posthoc_evaluations_score_every_variant_of_a_trained_seed(camvid_dir, tmp_path, capsys):
+    """camvid_posthoc.py on smoke-sized reference models: TTA / output stride 8 variants and the
+    CRF (grid tuned on val) are recorded per seed; a missing reference model is a clear exit."""
+    ref, post = _script("camvid_reference"), _script("camvid_posthoc")
+    common = ["--epochs", "1", "--profile", "smoke", "--results-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path / "c")]
+    with pytest.raises(SystemExit, match="does not exist: train it first"):
+        post.main(["--study", "tta", "--seeds", "0", *common])
+    ref.main(["--arms", "deeplabv3-r10", "deeplabv1-r10", "--seeds", "0", "--val-points", "1", *common])
+    post.main(["--study", "tta", "--seeds", "0", "--test-images", "4", *common])
+    runs = R.load_results("camvid_tta", tmp_path)["runs"]
+    assert sorted(r["arm"] for r in runs) == ["flip", "output stride 8 (same weights)", "scales", "scales + flip",
+                                              "single scale"]
+    assert {r["metrics"]["passes"] for r in runs} == {1, 2, 6, 12}
+    post.main(["--study", "crf", "--seeds", "0", "--val-step", "50", "--test-images", "3",
+               "--crf-grid", "w1=4", "theta_alpha=40,80", "theta_beta=5", *common])
+    runs = {r["arm"]: r for r in R.load_results("camvid_crf", tmp_path)["runs"]}
+    assert sorted(runs) == ["v1", "v1 + CRF", "v3", "v3 + CRF"]
+    m = runs["v1 + CRF"]["metrics"]
+    grid = m["crf_grid"]  # θα, the one searched axis, grew until its best point was inside (or 3 steps)
+    assert grid["w1"] == [4.0] and grid["theta_beta"] == [5.0]
+    assert grid["theta_alpha"][0] < m["crf_params"]["theta_alpha"] < grid["theta_alpha"][-1] or len(grid["theta_alpha"]) == 5
+    assert m["val_miou_after"] >= m["val_miou_before"] - 1e-9
 
 
 def test_plots_show_every_seed_and_curve(tmp_path):
@@ -76,3 +110,31 @@ def test_plots_show_every_seed_and_curve(tmp_path):
     axes = R.plot_curves(runs)
     assert len(axes[0].lines) == 6 and len(axes[0].get_legend().get_texts()) == 2
     plt.close("all")
+
+
+def test_metric_paths_table_and_verdict(tmp_path):
+    for seed, (a, b) in enumerate([(0.40, 0.45), (0.42, 0.46), (0.41, 0.47)]):
+        R.record_run("v", "base", seed, {"m": a, "tri": {"2": a / 2}, "iou": [a, None]}, provenance={}, root=tmp_path)
+        R.record_run("v", "new", seed, {"m": b, "tri": {"2": b / 2}, "iou": [a, None]}, provenance={}, root=tmp_path)
+        R.record_run("v", "noisy", seed, {"m": a + (0.05 if seed == 1 else -0.01)}, provenance={}, root=tmp_path)
+    runs = R.load_results("v", tmp_path)["runs"]
+    assert R.metric_value(runs[0], "tri.2") == pytest.approx(0.2) and R.metric_value(runs[0], "iou.1") is None
+    assert R.metric_value(runs[0], "iou.7") is None and R.metric_value(runs[0], "absent") is None
+    # every seed +0.03..+0.06, spreads 0.02: a difference
+    assert R.verdict(runs, "m", "new", "base").endswith("new is higher")
+    # seeds disagree on the sign: no claim
+    assert R.verdict(runs, "m", "noisy", "base").endswith("no difference at this budget")
+    # all seeds +0.025 (half of m), spreads 0.01: still a difference on the nested metric
+    assert "new is higher" in R.verdict(runs, "tri.2", "new", "base")
+    assert "too few" in R.verdict(runs[:2], "m", "new", "base")
+    t = R.study_table(runs, {"m": "test mIoU", "tri.2": "trimap 2 px"}, ["new", "base"])
+    lines = t.splitlines()
+    assert lines[1].startswith("new") and "46.0 [45.0, 47.0]" in lines[1] and lines[1].endswith("3")
+    assert "—" in t.splitlines()[-1] or "noisy" not in t  # arms without a metric show a dash
+
+
+def test_select_renames_and_orders(tmp_path):
+    for arm in ("x-long-name", "y", "z"):
+        R.record_run("s", arm, 0, {"m": 0.1}, provenance={}, root=tmp_path)
+    runs = R.select(R.load_results("s", tmp_path)["runs"], {"Z": "z", "X": "x-long-name"})
+    assert [r["arm"] for r in runs] == ["Z", "X"]

@@ -60,3 +60,20 @@ def test_camvid_palette_colours_are_distinct():
     road, pavement, car = (CamVid.classes.index(c) for c in ("Road", "Pavement", "Car"))
     assert min(dist[road, pavement], dist[road, car], dist[pavement, car]) > 120
     assert dist.min() > 60
+
+
+def test_plot_history_skips_epochs_without_validation_and_overlays_runs():
+    import matplotlib.pyplot as plt
+
+    from course_lib.engine import History
+    from course_lib.viz import plot_history
+
+    h = History()
+    for e in (1, 2, 3, 4):
+        h.append(epoch=e, train_loss=1.0 / e, **({"val_miou": 0.1 * e} if e % 2 == 0 else {}))
+    axes = plot_history({"a": h, "b": h.records}, title="t")
+    assert len(axes[0].lines) == 2 and list(axes[1].lines[0].get_xdata()) == [2, 4]
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["a", "b"]
+    axes = plot_history(h)  # a single run: no legend
+    assert axes[0].get_legend() is None and len(axes[0].lines[0].get_xdata()) == 4
+    plt.close("all")

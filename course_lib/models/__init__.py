@@ -1,7 +1,7 @@
 """Models built in the notebooks: sliding-window patch classifier, FCN, U-Net, SegNet, DeepLab v1-v3+."""
 
 from .backbones import ResNetFeatures
-from .common import count_parameters, pad_to_multiple
+from .common import PadToMultiple, count_parameters, pad_to_multiple, smp_model
 from .deeplab import DeepLab
 from .fcn import FCN
 from .patch_cnn import PatchClassifier, convolutionalize, dense_logits, extract_patches, pad_for_centres
@@ -9,6 +9,6 @@ from .segnet import SegNet
 from .unet import UNet
 from .upsampling import bilinear_kernel, bilinear_upsampler
 
-__all__ = ["ResNetFeatures", "count_parameters", "pad_to_multiple", "DeepLab", "FCN", "PatchClassifier",
+__all__ = ["ResNetFeatures", "PadToMultiple", "count_parameters", "pad_to_multiple", "smp_model", "DeepLab", "FCN", "PatchClassifier",
            "convolutionalize", "dense_logits", "extract_patches", "pad_for_centres", "SegNet", "UNet",
            "bilinear_kernel", "bilinear_upsampler"]

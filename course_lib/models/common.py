@@ -23,3 +23,31 @@ def conv_bn_relu(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class PadToMultiple(nn.Module):
+    """Wraps a model that needs H and W divisible by ``multiple`` (e.g. smp's models): zero-pads
+    the input [B, C, H, W] at the bottom/right, runs the model and crops its output back to H×W,
+    so any image size works (CamVid's 360 rows are not a multiple of 16 or 32)."""
+
+    def __init__(self, model: nn.Module, multiple: int):
+        super().__init__()
+        if multiple < 1:
+            raise ValueError(f"multiple must be a positive whole number, got {multiple}.")
+        self.model, self.multiple = model, int(multiple)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (h, w) = pad_to_multiple(x, self.multiple)
+        return self.model(x)[..., :h, :w]
+
+
+def smp_model(kind: str, encoder: str, num_classes: int, **kwargs) -> nn.Module:
+    """``segmentation_models_pytorch.<kind>(encoder, encoder_weights=None, classes=num_classes,
+    **kwargs)`` (from scratch, like every course model) wrapped in :class:`PadToMultiple` by its
+    total stride (16 for DeepLabV3Plus at ``encoder_output_stride=16``, else 32), so it takes
+    any H×W. Logits [B, num_classes, H, W]."""
+    import segmentation_models_pytorch as smp  # imported when built: slow to import
+
+    model = getattr(smp, kind)(encoder, encoder_weights=None, classes=num_classes, **kwargs)
+    stride = kwargs.get("encoder_output_stride", 32) if kind.startswith("DeepLab") else 32
+    return PadToMultiple(model, stride)
