@@ -1,9 +1,10 @@
 """Plot a reference study's test mIoU against model size and training time.
 
-    python benchmarks/plot_model_size.py                       # results/camvid_model_size.json
-    python benchmarks/plot_model_size.py --study camvid_model_size --out docs/model_size.png
+    python benchmarks/plot_model_size.py                       # results/camvid_reference.json
+    python benchmarks/plot_model_size.py --study camvid_reference --out docs/model_size.png
 
-Each (arm, seed) of ``results/<study>.json`` is one point (from
+Each (arm, seed) of ``results/<study>.json`` trained with the recipe's loss (class-weighted
+cross-entropy: the loss arms of notebook 05 share their U-Net's size) is one point (from
 ``benchmarks/camvid_reference.py``): left, test mIoU against parameters (log scale); right,
 test mIoU against training seconds, labelled with the threads the run had (from its
 provenance), since a run on one thread is not comparable in time with one on two.
@@ -25,10 +26,10 @@ from course_lib.runtime import REPO_ROOT  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default="camvid_model_size")
+    ap.add_argument("--study", default="camvid_reference")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "model_size.png")
     args = ap.parse_args()
-    runs = load_results(args.study)["runs"]
+    runs = [r for r in load_results(args.study)["runs"] if r["provenance"].get("loss", "weighted_ce") == "weighted_ce"]
     if not runs:
         raise SystemExit(f"results/{args.study}.json has no runs yet: run benchmarks/camvid_reference.py first.")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))

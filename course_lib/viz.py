@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 VOID_COLOUR = (0, 0, 0)
 
@@ -121,6 +122,10 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], normalize: b
     return ax
 
 
+CURVE_TITLES = {"train_loss": "training loss", "val_miou": "val mIoU (full resolution)",
+                "val_pixel_acc": "val pixel accuracy", "lr": "learning rate"}
+
+
 def plot_history(histories, keys: Sequence[str] = ("train_loss", "val_miou"), axes=None, title: str | None = None,
                  colors: dict | None = None, labels: dict | None = None):
     """Training curves, one panel per key (epochs without the key, e.g. between validations,
@@ -143,7 +148,8 @@ def plot_history(histories, keys: Sequence[str] = ("train_loss", "val_miou"), ax
                 ax.plot(*zip(*pts), "-o", ms=3, lw=1.2, color=color, label=label)
     for ax, key in zip(axes, keys):
         ax.set_xlabel("epoch")
-        ax.set_title(key.replace("_", " "))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(CURVE_TITLES.get(key, key.replace("_", " ")))
         ax.grid(alpha=0.3)
     if any(ax.get_legend_handles_labels()[1] for ax in axes):
         axes[0].legend(fontsize=8)
