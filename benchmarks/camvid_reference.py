@@ -136,6 +136,8 @@ def run_one(arm: str, seed: int, args, prof, device, precision, L) -> dict:
                     trimap_widths=TRIMAP, progress=False, precision=precision)
     metrics = {"test_miou": test["miou"], "test_mbf1": test["mbf1"], "test_iou": test["iou"],
                "test_trimap": {str(w): test["trimap"][w] for w in TRIMAP},
+               "test_cm": test["cm"].tolist(),  # rows: true class, columns: predicted (recall per class)
+               "test_recall": (test["cm"].diag() / test["cm"].sum(1).clamp(min=1)).tolist(),
                "final_val_miou": hist["val_miou"][-1], "final_train_loss": hist["train_loss"][-1]}
     prov = provenance(device, prof.name, precision, lr=args.lr, epochs=args.epochs, loss=ARMS[arm].loss or "weighted_ce",
                       train_size=list(size), crop=list(prof.crop_size), batch_size=prof.batch_size)
