@@ -45,7 +45,9 @@ def train_transforms(size: tuple[int, int], scale: tuple[float, float] = (0.5, 2
     crop = tuple(crop or size)
     steps: list = [
         v2.Resize(size, antialias=True),
-        v2.ScaleJitter(target_size=size, scale_range=scale, antialias=True),
+        # ScaleJitter's target_size is (width, height): it rescales by min(tw / W, th / H) × r.
+        # Passing (H, W) would shrink every non-square image by min(H/W, W/H) (0.75 for CamVid).
+        v2.ScaleJitter(target_size=(size[1], size[0]), scale_range=scale, antialias=True),
         v2.RandomCrop(crop, pad_if_needed=True,
                       fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}),
     ]
