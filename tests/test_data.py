@@ -409,3 +409,22 @@ def test_oversized_image_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 40 × 60 is over twice the limit
     with pytest.raises(ValueError, match=r"Cannot read image .*x\.png.*decompression bomb"):
         D.io.read_array(path)
+
+
+def test_recipe_scale_range_is_the_range_every_committed_run_trained_with():
+    """The recipe keeps the rescale that the old call ScaleJitter(target_size=(H, W), 0.5–2)
+    produced (ScaleJitter takes (W, H)): same output sizes, draw by draw."""
+    from torchvision.transforms import v2
+
+    from course_lib.data.transforms import recipe_scale_range
+
+    size = (176, 240)
+    assert recipe_scale_range(size) == pytest.approx((0.5 * 176 / 240, 2 * 176 / 240))
+    legacy = v2.ScaleJitter(target_size=size, scale_range=(0.5, 2.0))
+    recipe = v2.ScaleJitter(target_size=(size[1], size[0]), scale_range=recipe_scale_range(size))
+    x = torch.zeros(3, *size)
+    for seed in range(300):
+        torch.manual_seed(seed)
+        a = legacy.make_params([x])["size"]
+        torch.manual_seed(seed)
+        assert recipe.make_params([x])["size"] == a
