@@ -10,7 +10,7 @@ budget. Recipes:
 
 - ``baseline``: the reference of course issue 3: AdamW (lr 1e-3, constant), resize +
   horizontal flips only, cross-entropy with √-inverse-frequency class weights.
-- ``course``: the course's pipeline: random rescale (--scale, default 0.5–2×) + crop (--crop,
+- ``course``: the course's pipeline: random rescale (--scale, default the course's 0.367–1.467× at 176×240) + crop (--crop,
   default the whole --size) + flip + colour jitter,
   AdamW with a one-cycle schedule fitted to the budget, the same class weights.
 
@@ -53,7 +53,7 @@ def build_model(name: str, num_classes: int) -> torch.nn.Module:
     return builders[name]()
 
 
-def transforms_for(recipe: str, size: tuple[int, int], scale: tuple[float, float], crop: tuple[int, int] | None,
+def transforms_for(recipe: str, size: tuple[int, int], scale: tuple[float, float] | None, crop: tuple[int, int] | None,
                    color: bool = True):
     if recipe == "baseline":
         return v2.Compose([v2.Resize(size, antialias=True), v2.RandomHorizontalFlip(), D.to_model_input()])
@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), help="rescale range of the course recipe")
+    ap.add_argument("--scale", type=float, nargs=2, default=None, help="rescale range (default: the course recipe's, data.transforms.recipe_scale_range)")
     ap.add_argument("--crop", type=int, nargs=2, default=None,
                     help="course recipe: train on random crops of this H W (default: the whole --size)")
     ap.add_argument("--no-color", action="store_true", help="course recipe without colour jitter")
@@ -107,7 +107,7 @@ def main() -> None:
     device, size, budget = get_device(), tuple(args.size), 60 * args.minutes
 
     # each split decoded once into memory (train at --size: the recipe's first Resize is then a no-op)
-    train_set = D.InMemory(D.CamVid("train"), size, transforms_for(args.recipe, size, tuple(args.scale),
+    train_set = D.InMemory(D.CamVid("train"), size, transforms_for(args.recipe, size, tuple(args.scale) if args.scale else None,
                                                                    args.crop and tuple(args.crop), color=not args.no_color))
     val_set = D.InMemory(D.CamVid("val"), transforms=D.eval_transforms())
     test_set = D.InMemory(D.CamVid("test"), transforms=D.eval_transforms())
@@ -123,7 +123,7 @@ def main() -> None:
     epochs = args.epochs or max(1, round(budget / epoch_s))
     if args.epochs:
         budget = float("inf")
-    recipe = args.recipe if args.recipe == "baseline" else f"course, scale {args.scale[0]:g}-{args.scale[1]:g}" + (
+    recipe = args.recipe if args.recipe == "baseline" else (f"course, scale {args.scale[0]:g}-{args.scale[1]:g}" if args.scale else "course") + (
         f", {args.crop[0]}x{args.crop[1]} crops" if args.crop else "") + (", no colour jitter" if args.no_color else "")
     recipe += f", loss {args.loss}, lr {args.lr:g}"
     print(f"{args.model} ({count_parameters(model) / 1e6:.2f} M params), recipe {recipe}, {size[0]}x{size[1]}, "

@@ -126,6 +126,7 @@ def run_crf(seed: int, args, prof, L, device, precision, record) -> None:
 
 
 STUDIES = {"tta": run_tta, "crf": run_crf}
+VARIANTS = {"tta": 5, "crf": 4}  # how many (variant, seed) records one seed of each study writes
 
 
 def parse_grid(items: list[str]) -> dict[str, tuple[float, ...]]:
@@ -164,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.summary:
         prof, device = get_profile(args.profile), get_device()
         precision = get_precision(device)
-        done = {r["seed"] for r in load_results(name, args.results_dir)["runs"]}
+        recorded = [r["seed"] for r in load_results(name, args.results_dir)["runs"]]
+        # a seed is done when all its variants are recorded (a stopped sitting leaves some)
+        done = {seed for seed in set(recorded) if recorded.count(seed) >= VARIANTS[args.study]}
         L = D.semantic_loaders("camvid", prof, prof.camvid_size, torch.Generator(), crop=prof.crop_size)
         L = first_test_images(L, args.test_images)
         for seed in args.seeds:

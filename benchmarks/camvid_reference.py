@@ -12,7 +12,7 @@ git-ignored ``checkpoints/reference/`` for evaluations made afterwards (CRF, tes
 augmentation).
 
 Every arm trains with the course recipe (``engine.fit_recipe``: AdamW, one-cycle, class-weighted
-cross-entropy; random 0.5–2× rescale, crops, flips, colour jitter) at the profile's sizes, on
+cross-entropy; random 0.367–1.467× rescale (``data.transforms.recipe_scale_range``), crops, flips, colour jitter) at the profile's sizes, on
 CamVid train decoded once into memory. A seed fixes the data order and the augmentations of
 every arm (paired), and the initial weights of each architecture. Validation mIoU is recorded
 during training (for the curves; val is one short clip next to training frames, so it is only

@@ -32,25 +32,28 @@ def main() -> None:
     runs = [r for r in load_results(args.study)["runs"] if r["provenance"].get("loss", "weighted_ce") == "weighted_ce"]
     if not runs:
         raise SystemExit(f"results/{args.study}.json has no runs yet: run benchmarks/camvid_reference.py first.")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for r in sorted(runs, key=lambda r: r["params_m"]):
-        miou = 100 * r["metrics"]["test_miou"]
-        threads = r["provenance"].get("cpu_threads", "?")
-        a1.scatter(r["params_m"], miou, s=30)
-        a1.annotate(r["arm"], (r["params_m"], miou), textcoords="offset points", xytext=(5, 3), fontsize=8)
-        a2.scatter(r["train_s"] / 60, miou, s=30)
-        a2.annotate(f"{r['arm']} ({threads} thr.)", (r["train_s"] / 60, miou), textcoords="offset points",
-                    xytext=(5, 3), fontsize=8)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    arms = sorted({r["arm"] for r in runs}, key=lambda a: -max(x["metrics"]["test_miou"] for x in runs if x["arm"] == a))
+    for k, arm in enumerate(arms):
+        mine = [r for r in runs if r["arm"] == arm]
+        color = f"C{k % 10}"
+        for r in mine:  # one point per seed; a hollow point: trained on one thread, not comparable in time
+            one_thread = r["provenance"].get("cpu_threads") == 1
+            style = dict(s=30, edgecolors=color, facecolors="none" if one_thread else color)
+            a1.scatter(r["params_m"], 100 * r["metrics"]["test_miou"], **style)
+            a2.scatter(r["train_s"] / 60, 100 * r["metrics"]["test_miou"], **style)
+        a1.scatter([], [], s=30, color=color, label=f"{arm} ({len(mine)} seed{'s' if len(mine) > 1 else ''})")
     epochs = sorted({r["provenance"].get("epochs") for r in runs})
     a1.set_xscale("log")
     ticks = [0.25, 0.5, 1, 2, 5, 10, 20, 50]
     a1.set_xticks(ticks, [f"{t:g}" for t in ticks])
     a1.minorticks_off()
     a1.set_xlim(0.25, 50)
-    a2.margins(x=0.35, y=0.15)
+    a2.margins(x=0.1, y=0.15)
     a1.margins(y=0.15)
+    a1.legend(fontsize=8, loc="lower right")
     a1.set_xlabel("parameters (M, log)")
-    a2.set_xlabel("training time (min, without the validation passes)")
+    a2.set_xlabel("training time (min, without the validation passes; hollow: one thread)")
     for a in (a1, a2):
         a.set_ylabel("CamVid test mIoU (%)")
         a.grid(alpha=0.3)

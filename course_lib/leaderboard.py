@@ -91,7 +91,8 @@ def markdown_table(profiles: tuple[str, ...] = ("cpu", "gpu"), path: Path = PATH
     ref = reference_rows(study) if study else []
     if ref:
         lines += ["", f"Reference runs (`results/{study}.json`, `benchmarks/camvid_reference.py`): the mean over "
-                  "paired seeds, [min, max] over seeds.", "",
+                  "each arm's paired seeds, [min, max] over seeds; an arm with fewer than 3 seeds is a calibration "
+                  "point, not a comparison.", "",
                   "| arm | params (M) | epochs | seeds | train time (mean) | final val mIoU | test mIoU [min, max] |",
                   "|---|---|---|---|---|---|---|"]
         for r in ref:

@@ -185,9 +185,11 @@ def study_table(runs: list[dict], metrics: dict[str, str], arms: list[str] | Non
 
 
 def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=None, scale: float = 100.0,
-               label: str | None = None):
+               label: str | None = None, min_span: float = 4.0):
     """Each seed's value of ``metric`` per arm (points, seeds joined across arms by thin lines:
-    the pairing) with the arm's mean (a bar), so the spread is visible next to the difference."""
+    the pairing, each seed named at the right) with the arm's mean (a red bar and its value),
+    so the spread is visible next to the difference. The y-axis spans at least ``min_span``
+    (in scaled units: 4 points by default), so that a fraction of a point does not fill a panel."""
     import matplotlib.pyplot as plt
 
     s = summarize(runs, metric)
@@ -199,10 +201,18 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
         xs = [i for i, a in enumerate(arms) if seed in s[a]["values"]]
         ys = [scale * s[arms[i]]["values"][seed] for i in xs]
         ax.plot(xs, ys, "-o", color="0.6", lw=0.8, ms=4, zorder=2)
+        if xs:
+            ax.annotate(f"s{seed}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(-14, 0), va="center",
+                        ha="right", fontsize=7, color="0.45")
     for i, a in enumerate(arms):
         ax.hlines(scale * s[a]["mean"], i - 0.3, i + 0.3, color="C3", lw=2.5, zorder=3)
         ax.annotate(f"{scale * s[a]['mean']:.1f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
     ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(arms) - 0.4 + 0.5)
+    lo, hi = ax.get_ylim()
+    if hi - lo < min_span:
+        mid = (hi + lo) / 2
+        ax.set_ylim(mid - min_span / 2, mid + min_span / 2)
     ax.set_ylabel(label or metric)
     ax.set_title(f"{label or metric}: each seed (grey, paired) and the mean (red)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -210,13 +220,22 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
 
 
 def plot_curves(runs: list[dict], keys: tuple[str, ...] = ("train_loss", "val_miou"), axes=None):
-    """Training curves of every (arm, seed) from the stored per-epoch history, one colour per
-    arm (:func:`course_lib.viz.plot_history`)."""
-    from .viz import plot_history
+    """Training curves of every (arm, seed) from the stored per-epoch history: one colour per
+    arm, one line style per seed (:func:`course_lib.viz.plot_history`)."""
+    from .viz import SEED_STYLES, plot_history
 
     arms = list(dict.fromkeys(r["arm"] for r in runs))
-    first_seed = {a: min(r["seed"] for r in runs if r["arm"] == a) for a in arms}
+    seeds = sorted({r["seed"] for r in runs})
     names = {f"{r['arm']} · seed {r['seed']}": r for r in runs}
-    return plot_history({n: r["history"] for n, r in names.items()}, keys, axes,
+    first_seed = {a: min(r["seed"] for r in runs if r["arm"] == a) for a in arms}
+    axes = plot_history({n: r["history"] for n, r in names.items()}, keys, axes,
                         colors={n: f"C{arms.index(r['arm']) % 10}" for n, r in names.items()},
-                        labels={n: (r["arm"] if r["seed"] == first_seed[r["arm"]] else None) for n, r in names.items()})
+                        labels={n: (r["arm"] if r["seed"] == first_seed[r["arm"]] else None) for n, r in names.items()},
+                        styles={n: SEED_STYLES[seeds.index(r["seed"]) % len(SEED_STYLES)] for n, r in names.items()})
+    if len(seeds) > 1:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color="0.4", ls=SEED_STYLES[i % len(SEED_STYLES)], label=f"seed {s}")
+                   for i, s in enumerate(seeds)]
+        axes[-1].legend(handles=handles, fontsize=8)
+    return axes

@@ -122,16 +122,22 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], normalize: b
     return ax
 
 
-CURVE_TITLES = {"train_loss": "training loss", "val_miou": "val mIoU (full resolution)",
-                "val_pixel_acc": "val pixel accuracy", "lr": "learning rate"}
+CURVE_TITLES = {"train_loss": "training loss", "val_miou": "val mIoU (%, scored at full resolution)",
+                "val_pixel_acc": "val pixel accuracy (%)", "lr": "learning rate"}
+SEED_STYLES = ("-", "--", ":", "-.")
+
+
+def _percent(key: str) -> bool:
+    return key.endswith("miou") or key.endswith("acc")
 
 
 def plot_history(histories, keys: Sequence[str] = ("train_loss", "val_miou"), axes=None, title: str | None = None,
-                 colors: dict | None = None, labels: dict | None = None):
-    """Training curves, one panel per key (epochs without the key, e.g. between validations,
-    are skipped). ``histories``: one :class:`course_lib.engine.History` (or its list of
-    per-epoch records), or a dict name → History/records for several runs on the same axes;
-    ``colors`` / ``labels`` (name → colour / legend label, None hides it) override the defaults."""
+                 colors: dict | None = None, labels: dict | None = None, styles: dict | None = None):
+    """Training curves, one panel per key; mIoU and accuracy keys are shown in % (as the
+    tables). Epochs without the key (between validations) are skipped, so a val curve joins
+    the epochs where val was scored. ``histories``: one :class:`course_lib.engine.History`
+    (or its list of per-epoch records), or a dict name → History/records for several runs on
+    the same axes; ``colors`` / ``labels`` (None hides it) / ``styles`` (line style) by name."""
     if not isinstance(histories, dict):
         histories = {"": histories}
     if axes is None:
@@ -141,15 +147,18 @@ def plot_history(histories, keys: Sequence[str] = ("train_loss", "val_miou"), ax
         records = getattr(h, "records", h)
         color = (colors or {}).get(name, f"C{k % 10}")
         label = (labels or {}).get(name, name) if name else None
+        style = (styles or {}).get(name, "-")
         for ax, key in zip(axes, keys):
-            pts = [(r["epoch"], r[key]) for r in records
+            scale = 100.0 if _percent(key) else 1.0
+            pts = [(r["epoch"], scale * r[key]) for r in records
                    if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
             if pts:
-                ax.plot(*zip(*pts), "-o", ms=3, lw=1.2, color=color, label=label)
+                ax.plot(*zip(*pts), marker="o", ls=style, ms=3, lw=1.2, color=color, label=label)
     for ax, key in zip(axes, keys):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(CURVE_TITLES.get(key, key.replace("_", " ")))
+        ax.set_title(CURVE_TITLES.get(key, key.replace("_", " ")), fontsize=10)
+        ax.set_ylabel("%" if _percent(key) else ("loss" if "loss" in key else key))
         ax.grid(alpha=0.3)
     if any(ax.get_legend_handles_labels()[1] for ax in axes):
         axes[0].legend(fontsize=8)

