@@ -239,3 +239,43 @@ def plot_curves(runs: list[dict], keys: tuple[str, ...] = ("train_loss", "val_mi
                    for i, s in enumerate(seeds)]
         axes[-1].legend(handles=handles, fontsize=8)
     return axes
+
+
+def show_study(runs: list[dict], metrics: dict[str, str], comparisons: list[tuple[str, str]],
+               arms: list[str] | None = None, verdict_metrics: list[str] | None = None, curves: bool = True,
+               what: str = "reference run", missing: str = "") -> None:
+    """A notebook's view of a multi-seed study: where the runs came from, :func:`study_table`,
+    a :func:`verdict` for each ``(arm, baseline)`` pair on each of ``verdict_metrics`` (default:
+    all ``metrics``), one :func:`plot_seeds` panel per metric and, if ``curves`` and the runs
+    store per-epoch histories, :func:`plot_curves`. With no runs it prints ``missing`` (the
+    command that produces them)."""
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        print(f"no runs recorded yet. {missing}".strip())
+        return
+    p = runs[0]["provenance"]
+    commits = sorted({r["provenance"].get("commit", "?")[:7] for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
+    trained = f"{p['epochs']} epochs, " if p.get("epochs") else ""
+    print(f"{what}: {trained}{p.get('profile', '?')} sizes, {p.get('device', '?')}, {p.get('precision', '?')}; "
+          f"seeds {seeds}; commits {', '.join(commits)}; mean [min, max] over seeds\n")
+    print(study_table(runs, metrics, arms))
+    print()
+    width = max(len(metrics[m]) for m in (verdict_metrics or metrics))
+    for m in verdict_metrics or metrics:
+        for arm, baseline in comparisons:
+            print(f"{metrics[m]:>{width}}: {verdict(runs, m, arm, baseline)}")
+    n = len(metrics)
+    n_arms = len(arms or {r["arm"] for r in runs})
+    fig, axes = plt.subplots(1, n, figsize=(min(16, n * (1.1 * n_arms + 1.6)), 3.6), squeeze=False)
+    for ax, (m, label) in zip(axes[0], metrics.items()):
+        plot_seeds(runs, m, arms, ax=ax, label=f"{label} (%)")
+        ax.set_title(label, fontsize=10)
+    fig.suptitle(f"{what}: each seed (grey, paired across arms) and the mean (red)", fontsize=10)
+    plt.tight_layout()
+    plt.show()
+    if curves and all(r.get("history") for r in runs):
+        plot_curves(runs)
+        plt.suptitle(f"{what}: training loss and val mIoU per epoch, every seed", fontsize=10, y=1.02)
+        plt.show()
