@@ -162,3 +162,12 @@ def test_show_study_prints_provenance_table_verdicts_and_draws(tmp_path, capsys)
     plt.close("all")
     R.show_study([], {"m": "x"}, [], missing="run: python benchmarks/x.py")
     assert "no runs recorded yet. run: python benchmarks/x.py" in capsys.readouterr().out
+
+
+def test_study_table_scales_per_metric(tmp_path):
+    for seed in range(2):
+        R.record_run("t", "a", seed, {"m": 0.05 + 0.01 * seed, "s_per_image": 0.195 + 0.01 * seed}, provenance={},
+                     root=tmp_path)
+    t = R.study_table(R.load_results("t", tmp_path)["runs"], {"m": "mIoU", "s_per_image": "s / image"},
+                      scales={"s_per_image": 1})
+    assert "5.5 [5.0, 6.0]" in t and "0.200 [0.195, 0.205]" in t
