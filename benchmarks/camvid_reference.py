@@ -38,6 +38,7 @@ from course_lib import data as D
 from course_lib.engine import evaluate, fit_recipe
 from course_lib.losses import CEDiceLoss, DiceLoss
 from course_lib.models import FCN, DeepLab, SegNet, UNet, count_parameters, smp_model
+from course_lib.models.sbcb import SBCB, SBCBLoss
 from course_lib.models.deeplab import scaled_rates
 from course_lib.results import load_results, provenance, record_run, summarize
 from course_lib.runtime import REPO_ROOT, get_device, get_precision, get_profile, seed_everything
@@ -61,10 +62,13 @@ def _deeplab(backbone: str, head: str = "aspp_v3", decoder: bool = False, output
 @dataclass(frozen=True)
 class Arm:
     """One arm: ``build(num_classes, training size (H, W))`` → a fresh model; ``loss``: None for
-    the recipe's class-weighted cross-entropy, else "ce" (unweighted), "dice" or "ce_dice"."""
+    the recipe's class-weighted cross-entropy, else "ce" (unweighted), "dice" or "ce_dice";
+    ``sbcb``: train with SBCB's boundary head (``course_lib.models.sbcb``) and score the
+    deployed model (the same architecture as the arm without it)."""
     build: Callable[[int, tuple[int, int]], torch.nn.Module]
     notebook: str
     loss: str | None = None
+    sbcb: bool = False
 
 
 ARMS = {
@@ -96,6 +100,10 @@ ARMS = {
     # 08: the v3+ decoder
     "deeplabv3plus-r10": Arm(_deeplab("resnet10", "aspp_v3", decoder=True), "08"),
     "deeplabv3plus-r18": Arm(_deeplab("resnet18", "aspp_v3", decoder=True), "08"),
+    # 09: the same v3 / v3+ trained with SBCB's boundary head (dropped for the test): paired with
+    # the arms above, seed for seed (same initial weights, data order and augmentations)
+    "deeplabv3-r10-sbcb": Arm(_deeplab("resnet10", "aspp_v3"), "09", sbcb=True),
+    "deeplabv3plus-r10-sbcb": Arm(_deeplab("resnet10", "aspp_v3", decoder=True), "09", sbcb=True),
 }
 
 
@@ -124,14 +132,22 @@ def run_one(arm: str, seed: int, args, prof, device, precision, L) -> dict:
     seed_everything(seed)  # the initial weights of this architecture
     model = ARMS[arm].build(L.num_classes, size)
     loss_fn = make_loss(ARMS[arm].loss, L)
+    trained = model
+    if ARMS[arm].sbcb:  # the head is built after the model, so the model's initial weights match its pair's
+        trained = SBCB(model, L.num_classes)
+        seg_loss = loss_fn or torch.nn.CrossEntropyLoss(weight=L.class_weights.to(device), ignore_index=255)
+        loss_fn = SBCBLoss(trained, seg_loss, L.num_classes)
     val_every = max(1, args.epochs // args.val_points)
     # a checkpoint is reused only for the same configuration
     ckpt = checkpoint_path(args.study, arm, seed, prof.name, args.epochs, args.checkpoint_dir)
     t0 = time.perf_counter()
-    hist = fit_recipe(model, L, device=device, epochs=args.epochs, lr=args.lr, input_size=size, loss_fn=loss_fn,
+    hist = fit_recipe(trained, L, device=device, epochs=args.epochs, lr=args.lr, input_size=size, loss_fn=loss_fn,
                       generator=L.train.generator, seed=seed, val_every=val_every, precision=precision,
-                      checkpoint=ckpt, config={"arm": arm, "loss": ARMS[arm].loss or "weighted_ce"})
+                      checkpoint=ckpt, config={"arm": arm, "loss": ARMS[arm].loss or "weighted_ce",
+                                                           "sbcb": ARMS[arm].sbcb})
     wall = time.perf_counter() - t0
+    if ARMS[arm].sbcb:
+        model = trained.deploy()  # the plain model: the boundary head is not scored, nor counted
     test = evaluate(model, L.test, L.num_classes, device, input_size=size, boundary=True,
                     trimap_widths=TRIMAP, progress=False, precision=precision)
     metrics = {"test_miou": test["miou"], "test_mbf1": test["mbf1"], "test_iou": test["iou"],
@@ -141,6 +157,8 @@ def run_one(arm: str, seed: int, args, prof, device, precision, L) -> dict:
                "final_val_miou": hist["val_miou"][-1], "final_train_loss": hist["train_loss"][-1]}
     prov = provenance(device, prof.name, precision, lr=args.lr, epochs=args.epochs, loss=ARMS[arm].loss or "weighted_ce",
                       train_size=list(size), crop=list(prof.crop_size), batch_size=prof.batch_size)
+    if ARMS[arm].sbcb:
+        prov["train_params_m"] = count_parameters(trained) / 1e6  # with the head, while training
     record_run(args.study, arm, seed, metrics, provenance=prov, history=hist.records, wall_s=wall,
                params_m=count_parameters(model) / 1e6, train_s=hist.train_time_s,
                description=args.description or None, root=args.results_dir)

@@ -156,40 +156,37 @@ def disk(radius: int, device: torch.device | str | None = None) -> torch.Tensor:
     return ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2).float()
 
 
-def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary dilation of bool [..., H, W] by a disk of ``radius`` pixels (x² + y² ≤ r²).
+def dilate(mask: torch.Tensor, radius: float) -> torch.Tensor:
+    """Binary dilation of bool [..., H, W] by a disk of ``radius`` pixels (x² + y² ≤ r²; the
+    radius may be fractional, e.g. √2: the offsets are whole pixels either way).
 
     A disk is a stack of horizontal segments: row dy spans |dx| ≤ ⌊√(r² − dy²)⌋. So the
-    dilation is the OR over dy of a horizontal "any pixel set within ±half" (one per
-    distinct half-width, read off a prefix sum along W) shifted by dy rows: exact, and on a
-    CPU tens of times faster than a single-channel conv2d with the disk (116 ms for an 11×11
-    disk on a 360×480 map on the 2-core AVX2 machine) or a max-pool per half-width.
+    dilation is the OR over dy of a horizontal "any pixel set within ±half" (built up one
+    shift at a time, kept for each half-width the disk needs) shifted by dy rows: exact, about
+    4r in-place ORs of the whole tensor, and on a CPU far faster than conv2d with the disk,
+    a max-pool per half-width or prefix sums (whose cumsum alone costs more).
     """
-    if radius <= 0:
+    if radius < 1:
         return mask.bool()
-    shape = mask.shape
-    h, w = shape[-2:]
-    x = mask.reshape(-1, h, w)
-    # prefix[..., j] = number of set pixels in columns < j of each row
-    prefix = F.pad(x.to(torch.int32).cumsum(-1), (1, 0))
-    out = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    r2 = math.floor(radius * radius + 1e-9)  # offsets are integers: dy² + dx² ≤ ⌊r²⌋
+    reach = math.isqrt(r2)
+    x = mask.bool()
+    h, w = x.shape[-2:]
+    halves = {math.isqrt(r2 - dy * dy) for dy in range(0, min(reach, h - 1) + 1)}
     rows: dict[int, torch.Tensor] = {}
-    for dy in range(-radius, min(radius, h - 1) + 1):
-        if -dy >= h:
-            continue
-        half = math.isqrt(radius * radius - dy * dy)
-        if half not in rows:
-            # count in columns [c − half, c + half] = prefix[c + half + 1] − prefix[c − half], the
-            # prefix padded with zeros on the left and its total on the right
-            padded = torch.cat([prefix.new_zeros(*prefix.shape[:-1], half), prefix,
-                                prefix[..., -1:].expand(*prefix.shape[:-1], half)], -1)
-            rows[half] = (padded[..., 2 * half + 1: 2 * half + 1 + w] - padded[..., :w]) > 0
-        seg = rows[half]
-        if dy >= 0:  # out[y] |= seg[y - dy]
-            out[..., dy:, :] |= seg[..., : h - dy, :]
-        else:
-            out[..., : h + dy, :] |= seg[..., -dy:, :]
-    return out.reshape(shape)
+    seg = x.clone()
+    for half in range(0, max(halves) + 1):
+        if 0 < half < w:  # seg = any pixel set within ±half along the row
+            seg[..., half:] |= x[..., :-half]
+            seg[..., :-half] |= x[..., half:]
+        if half in halves:
+            rows[half] = seg.clone() if half < max(halves) else seg
+    out = rows[math.isqrt(r2)].clone()  # dy = 0
+    for dy in range(1, min(reach, h - 1) + 1):
+        s = rows[math.isqrt(r2 - dy * dy)]
+        out[..., dy:, :] |= s[..., :-dy, :]
+        out[..., :-dy, :] |= s[..., dy:, :]
+    return out
 
 
 def boundary_f1(pred: torch.Tensor, target: torch.Tensor, tolerance: float = 0.008) -> float:

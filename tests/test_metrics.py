@@ -402,16 +402,22 @@ def test_semantic_boundary_f1_needs_integer_label_maps():
         M.semantic_boundary_f1(torch.rand(4, 4), torch.zeros(4, 4, dtype=torch.long), 2)
 
 
-@pytest.mark.parametrize("radius", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("radius", [1, 2, 3, 5, 8, 2 ** 0.5, 3 - 2 ** 0.5 + 1, 2.9])
 def test_dilate_equals_convolution_with_the_disk(radius):
-    """The row-segment dilation is exactly the disk dilation (conv2d with the disk > 0)."""
+    """The row-segment dilation is exactly the disk dilation (conv2d with the disk > 0), also
+    for a fractional radius (whole-pixel offsets with dy² + dx² ≤ r²)."""
+    import math
+
     import torch.nn.functional as F
 
-    from course_lib.metrics import dilate, disk
+    from course_lib.metrics import dilate
 
-    g = torch.Generator().manual_seed(radius)
+    g = torch.Generator().manual_seed(int(10 * radius))
+    k = math.ceil(radius)
+    r = torch.arange(-k, k + 1)
+    disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2 + 1e-9).float()
     for shape in ((1, 37, 53), (3, 5, 64), (2, 64, 4)):
         m = torch.rand(shape, generator=g) > 0.97
-        ref = F.conv2d(m[:, None].float(), disk(radius)[None, None], padding=radius)[:, 0] > 0.5
+        ref = F.conv2d(m[:, None].float(), disk[None, None], padding=k)[:, 0] > 0.5
         assert torch.equal(dilate(m, radius), ref)
     assert torch.equal(dilate(torch.zeros(4, 4, dtype=torch.bool), radius), torch.zeros(4, 4, dtype=torch.bool))

@@ -71,6 +71,21 @@ def test_reference_script_records_each_arm_and_seed_once(camvid_dir, tmp_path, c
                                                                            "unet-w8_seed1_smoke_4ep.pt"]
 
 
+def test_reference_sbcb_arm_scores_the_deployed_model_of_its_pair(camvid_dir, tmp_path):
+    """An SBCB arm trains with the boundary head and records the plain model: the same
+    parameters as its pair, more while training."""
+    ref = _script("camvid_reference")
+    ref.main(["--study", "s", "--arms", "deeplabv3-r10", "deeplabv3-r10-sbcb", "--seeds", "0", "--epochs", "1",
+              "--profile", "smoke", "--val-points", "1", "--results-dir", str(tmp_path),
+              "--checkpoint-dir", str(tmp_path / "ckpt")])
+    runs = {r["arm"]: r for r in R.load_results("s", tmp_path)["runs"]}
+    base, sbcb = runs["deeplabv3-r10"], runs["deeplabv3-r10-sbcb"]
+    assert sbcb["params_m"] == base["params_m"] < sbcb["provenance"]["train_params_m"]
+    # the boundary term is in the training loss: same data, same initial weights, a larger loss
+    assert sbcb["history"][0]["train_loss"] > base["history"][0]["train_loss"]
+    assert 0 <= sbcb["metrics"]["test_miou"] <= 1
+
+
 @pytest.mark.realdata
 def test_posthoc_evaluations_score_every_variant_of_a_trained_seed(camvid_dir, tmp_path, capsys):
     """camvid_posthoc.py on smoke-sized reference models: TTA / output stride 8 variants and the
