@@ -186,3 +186,20 @@ def test_study_table_scales_per_metric(tmp_path):
     t = R.study_table(R.load_results("t", tmp_path)["runs"], {"m": "mIoU", "s_per_image": "s / image"},
                       scales={"s_per_image": 1})
     assert "5.5 [5.0, 6.0]" in t and "0.200 [0.195, 0.205]" in t
+
+
+def test_git_commit_is_dirty_for_code_not_for_results(tmp_path):
+    import subprocess
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q"); git("config", "user.email", "t@t"); git("config", "user.name", "t")
+    (tmp_path / "results").mkdir(); (tmp_path / "results" / "r.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "."); git("commit", "-qm", "c")
+    assert not R.git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "results" / "r.json").write_text('{"runs": []}')  # a run recorded meanwhile
+    assert not R.git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert R.git_commit(tmp_path).endswith("+dirty")
