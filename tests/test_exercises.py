@@ -17,3 +17,9 @@ def test_check_passes_flags_stub_and_fails_wrong(capsys):
     with pytest.raises(AssertionError, match="case 1 of 3 gave -1, expected 5"):
         check(lambda a, b: a - b, cases, "add")
     assert check(lambda: float("nan"), [((), float("nan"))])
+
+
+def test_check_accepts_a_list_for_a_tuple():
+    assert check(lambda: [10, 18], [((), (10, 18))])
+    with pytest.raises(AssertionError):
+        check(lambda: [10, 17], [((), (10, 18))])
