@@ -100,10 +100,15 @@ def test_posthoc_evaluations_score_every_variant_of_a_trained_seed(camvid_dir, t
     assert sorted(r["arm"] for r in runs) == ["flip", "output stride 8 (same weights)", "scales", "scales + flip",
                                               "single scale"]
     assert {r["metrics"]["passes"] for r in runs} == {1, 2, 6, 12}
-    post.main(["--study", "crf", "--seeds", "0", "--val-step", "50", "--test-images", "3",
-               "--crf-grid", "w1=4", "theta_alpha=40,80", "theta_beta=5", *common])
+    crf = ["--study", "crf", "--seeds", "0", "--val-step", "50", "--test-images", "3",
+           "--crf-grid", "w1=4", "theta_alpha=40,80", "theta_beta=5", *common]
+    post.main(crf + ["--crf-nets", "v1"])
     runs = {r["arm"]: r for r in R.load_results("camvid_crf", tmp_path)["runs"]}
-    assert sorted(runs) == ["v1", "v1 + CRF", "v3", "v3 + CRF"]
+    assert sorted(runs) == ["v1", "v1 + CRF"]
+    v1_wall = runs["v1 + CRF"]["wall_s"]
+    post.main(crf)  # both networks: v1's seed is kept, v3 is added
+    runs = {r["arm"]: r for r in R.load_results("camvid_crf", tmp_path)["runs"]}
+    assert sorted(runs) == ["v1", "v1 + CRF", "v3", "v3 + CRF"] and runs["v1 + CRF"]["wall_s"] == v1_wall
     m = runs["v1 + CRF"]["metrics"]
     grid = m["crf_grid"]  # θα, the one searched axis, grew until its best point was inside (or 3 steps)
     assert grid["w1"] == [4.0] and grid["theta_beta"] == [5.0]
