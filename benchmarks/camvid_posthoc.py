@@ -9,8 +9,9 @@ Each seed's model is the one ``benchmarks/camvid_reference.py`` trained (its che
 git-ignored ``checkpoints/reference/``; train it first). Every variant of a seed is scored on
 the same model, so the comparison is paired. Results go to ``results/camvid_<study>.json`` with
 their provenance, one (variant, seed) at a time, all scored on CamVid **test** at 360×480, void
-ignored. The CRF's w1, θα, θβ are chosen on validation images only (every 4th of the clip), by a
-grid that grows until its best point is inside it (``course_lib.crf.grid_search``).
+ignored. The CRF's w1, θα, θβ are chosen on validation images only (every 4th of the clip): a
+small grid, then a line search through its best point that grows each axis until that point is
+inside (``course_lib.crf.grid_search``).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reference-study", default="camvid_reference")
     ap.add_argument("--val-step", type=int, default=4, help="CRF tuning on every n-th validation image")
     ap.add_argument("--crf-grid", nargs=3, default=[f"{k}={','.join(str(v) for v in vs)}" for k, vs in CRF_GRID.items()],
-                    help="the starting grid, grown until its best point is inside (default: %(default)s)")
+                    help="the starting grid (then a line search through its best point, grown until that point is inside) (default: %(default)s)")
     ap.add_argument("--crf-nets", nargs="+", default=[lab for _, lab in CRF_NETS], choices=[lab for _, lab in CRF_NETS],
                     help="the reference networks the CRF study post-processes (default: all)")
     ap.add_argument("--test-images", type=int, default=None, help="score only the first N test images (quick checks)")

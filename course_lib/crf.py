@@ -134,34 +134,45 @@ def mean_field(image: ArrayLike, probs: ArrayLike, iterations: int = 10, w1: flo
 
 
 def grid_search(score, grid: dict[str, tuple[float, ...]], max_extensions: int = 3) -> tuple[dict, dict]:
-    """Maximise ``score(**params)`` over the product of ``grid`` (name → increasing values),
-    growing the grid until the best point is **inside** it: while the best value of a parameter
-    is the first or last of its (≥ 2) values, one more value is added beyond it on the same
-    geometric step (at most ``max_extensions`` times per side; never below ``MIN_THETA``).
-    Each point is scored once. Returns (best params, {params tuple: score}) with tuples in
-    ``grid``'s key order; the final grid is ``{k: sorted values seen}``."""
+    """Maximise ``score(**params)``: the full product of ``grid`` (name → values) first, then a
+    **line search through the best point** until that point is inside on every axis: both its
+    neighbours along each axis (the other parameters held at the best point) are scored and no
+    better. Where the best value of a parameter is its axis's first or last (≥ 2 values), one
+    more value is added beyond it on the same geometric step (at most ``max_extensions`` times
+    per side; never below ``MIN_THETA``). Only the line through the best point is scored, not
+    the whole grown product: a 2×3×3 start that grows by 2 values on each axis costs about 30
+    scores instead of 6·7·7 = 294. Each point is scored once. Returns (best params,
+    {params tuple: score}) with tuples in ``grid``'s key order."""
     names = list(grid)
     axes = {k: sorted(float(v) for v in grid[k]) for k in names}
     scores: dict[tuple, float] = {}
+
+    def scored(point: tuple) -> bool:
+        if point in scores:
+            return False
+        scores[point] = float(score(**dict(zip(names, point))))
+        return True
+
+    for point in _product([axes[k] for k in names]):
+        scored(point)
     grown = {(k, side): 0 for k in names for side in (0, 1)}
     while True:
-        for point in _product([axes[k] for k in names]):
-            if point not in scores:
-                scores[point] = float(score(**dict(zip(names, point))))
         best = max(scores, key=scores.get)
         changed = False
         for i, k in enumerate(names):
             vals = axes[k]
             if len(vals) < 2:
-                continue
+                continue  # a one-value axis is fixed
             if best[i] == vals[-1] and grown[(k, 1)] < max_extensions:
                 vals.append(vals[-1] * vals[-1] / vals[-2])
                 grown[(k, 1)] += 1
-                changed = True
             elif best[i] == vals[0] and grown[(k, 0)] < max_extensions and vals[0] * vals[0] / vals[1] >= MIN_THETA:
                 vals.insert(0, vals[0] * vals[0] / vals[1])
                 grown[(k, 0)] += 1
-                changed = True
+            j = vals.index(best[i])
+            for n in (j - 1, j + 1):  # the neighbours of the best point along this axis
+                if 0 <= n < len(vals):
+                    changed |= scored(best[:i] + (vals[n],) + best[i + 1:])
         if not changed:
             return dict(zip(names, best)), scores
 

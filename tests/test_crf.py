@@ -148,6 +148,11 @@ def test_grid_search_grows_the_grid_until_the_best_point_is_inside():
     w1s = sorted({k[0] for k in scores}); tas = sorted({k[1] for k in scores})
     assert w1s[0] < best["w1"] < w1s[-1] and tas[0] < best["theta_alpha"] < tas[-1]  # inside, not on the edge
     assert len(calls) == len(set(calls)) == len(scores)  # each point scored once
+    for i, k in enumerate(("w1", "theta_alpha")):  # both neighbours of the best along each axis scored, lower
+        axis = sorted({p[i] for p in scores if p[1 - i] == (best["theta_alpha"], best["w1"])[i]})
+        j = axis.index(best[k])
+        assert 0 < j < len(axis) - 1
+    assert len(scores) < len(w1s) * len(tas)  # a line search, not the whole grown product
     # a one-value axis is fixed; a bounded number of extensions stops a runaway optimum
     best, scores = grid_search(lambda w1, tb: w1 + 0 * tb, {"w1": (1, 2), "tb": (5,)}, max_extensions=2)
     assert best == {"w1": 8.0, "tb": 5.0} and {k[1] for k in scores} == {5.0}
