@@ -111,6 +111,16 @@ class SBCB(nn.Module):
         self._features.clear()  # the hooks keep no activations between calls
         return out
 
+    def forward_with_edges(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(segmentation logits [B, C, H, W], fused edge logits [B, K, H, W], last-stage edge
+        logits [B, K, H, W]) in the current mode: to look at, or score, the boundary head itself."""
+        self._features.clear()
+        out = self.model(x)
+        f = [self._features[t] for t in self.taps]
+        self._features.clear()
+        fused, last = self.head(f[:3], f[3], x.shape[-2:])
+        return out, fused, last
+
     def deploy(self) -> nn.Module:
         """The plain segmentation model, hooks removed: what inference uses (the head is left behind)."""
         for h in self._hooks:
