@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camvid_reference import ARMS, TRIMAP, checkpoint_path  # noqa: E402
 
 from course_lib import data as D  # noqa: E402
-from course_lib.crf import crf_miou, dense_crf, grid_search  # noqa: E402
+from course_lib.crf import crf_labels, crf_miou, grid_search  # noqa: E402
 from course_lib.engine import evaluate, load_checkpoint, predict  # noqa: E402
 from course_lib.metrics import SegmentationMeter  # noqa: E402
 from course_lib.results import load_results, provenance, record_run, study_table  # noqa: E402
@@ -109,15 +109,13 @@ def run_crf(seed: int, args, prof, L, device, precision, record) -> None:
         best, scores = grid_search(lambda **p: crf_miou(tune, C, CRF_ITERATIONS, **p), args.crf_grid)
         search_s = time.perf_counter() - t0
         meters = {k: SegmentationMeter(C, boundary=True, trimap_widths=TRIMAP) for k in ("net", "crf")}
-        net_s, crf_s = [], []
-        for i in range(len(L.test.dataset)):
-            img, p, y, t = _probabilities(model, L.test.dataset, raw_test, i, device, size)
-            net_s.append(t)
-            t0 = time.perf_counter()
-            q = dense_crf(img, p, CRF_ITERATIONS, **best)
-            crf_s.append(time.perf_counter() - t0)
+        test = [_probabilities(model, L.test.dataset, raw_test, i, device, size) for i in range(len(L.test.dataset))]
+        crf_out, crf_s = crf_labels(test, CRF_ITERATIONS, **best)  # the images split over the cores
+        for (_, p, y, _), q in zip(test, crf_out):
             meters["net"].update(torch.from_numpy(p.argmax(0)), y)
-            meters["crf"].update(torch.from_numpy(q.argmax(0)), y)
+            meters["crf"].update(torch.from_numpy(q.astype(np.int64)), y)
+        net_s = [t for *_, t in test]
+        del test
         grid = {k: sorted({pt[i] for pt in scores}) for i, k in enumerate(args.crf_grid)}
         tuned = dict(crf_params=best, crf_grid=grid, tune_images=len(tune), search_s=search_s,
                      val_miou_before=crf_miou(tune, C, 0, **best), val_miou_after=max(scores.values()))

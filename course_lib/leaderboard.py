@@ -21,6 +21,7 @@ from .runtime import REPO_ROOT, device_name  # noqa: F401  (notebooks call leade
 
 PATH = REPO_ROOT / "results" / "camvid_leaderboard.json"
 COLUMNS = ("model", "notebook", "params_m", "profile", "device", "train_size", "train_s", "val_miou", "test_miou")
+PROVENANCE = ("seed", "commit", "date")  # kept when given; ``record`` fills commit and date
 
 
 def load(path: Path = PATH) -> list[dict]:
@@ -44,13 +45,19 @@ def _check_row(row: dict) -> None:
 
 
 def record(row: dict, path: Path = PATH) -> list[dict]:
-    """Add or replace the row with the same (model, profile); written atomically."""
+    """Add or replace the row with the same (model, profile); written atomically. The row keeps
+    its provenance: ``seed`` if given, and the checkout's ``commit`` and the ``date`` (UTC)."""
     missing = [c for c in COLUMNS if c not in row]
     if missing:
         raise ValueError(f"leaderboard row lacks {missing}")
     _check_row(row)
     rows = [r for r in load(path) if (r["model"], r["profile"]) != (row["model"], row["profile"])]
-    rows.append({c: row[c] for c in COLUMNS})
+    from datetime import datetime, timezone
+
+    from .results import git_commit
+
+    row = {"commit": git_commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), **row}
+    rows.append({c: row[c] for c in COLUMNS + PROVENANCE if c in row})
     rows.sort(key=lambda r: (r["profile"], -r["val_miou"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -167,9 +167,11 @@ def verdict(runs: list[dict], metric: str, arm: str, baseline: str, scale: float
 
 
 def study_table(runs: list[dict], metrics: dict[str, str], arms: list[str] | None = None,
-                scale: float = 100.0) -> str:
+                scale: float = 100.0, scales: dict[str, float] | None = None) -> str:
     """A text table, one row per arm: for each metric (key → column title) the mean over seeds
-    with its [min, max], then n seeds. Arms in the given order (default: as recorded)."""
+    with its [min, max], then n seeds. Arms in the given order (default: as recorded). Values
+    are multiplied by ``scale`` (fractions → %), or by ``scales[metric]`` where given (1 for
+    seconds)."""
     sums = {m: summarize(runs, m) for m in metrics}
     arms = [a for a in (arms or list(dict.fromkeys(r["arm"] for r in runs))) if any(a in s for s in sums.values())]
     width = max([len(a) for a in arms] + [4]) + 2
@@ -177,8 +179,9 @@ def study_table(runs: list[dict], metrics: dict[str, str], arms: list[str] | Non
     for a in arms:
         cells = []
         for m in metrics:
-            d = sums[m].get(a)
-            cells.append(f"{scale * d['mean']:6.1f} [{scale * d['min']:.1f}, {scale * d['max']:.1f}]" if d else "—")
+            d, k = sums[m].get(a), (scales or {}).get(m, scale)
+            digits = 1 if not d or k >= 100 or abs(k * d["max"]) >= 10 else 3  # seconds keep their decimals
+            cells.append(f"{k * d['mean']:6.{digits}f} [{k * d['min']:.{digits}f}, {k * d['max']:.{digits}f}]" if d else "—")
         n = max((sums[m][a]["n"] for m in metrics if a in sums[m]), default=0)
         lines.append(f"{a:<{width}}" + "".join(f"{c:>22}" for c in cells) + f"  {n}")
     return "\n".join(lines)
@@ -239,3 +242,47 @@ def plot_curves(runs: list[dict], keys: tuple[str, ...] = ("train_loss", "val_mi
                    for i, s in enumerate(seeds)]
         axes[-1].legend(handles=handles, fontsize=8)
     return axes
+
+
+def show_study(runs: list[dict], metrics: dict[str, str], comparisons: list[tuple[str, str]],
+               arms: list[str] | None = None, verdict_metrics: list[str] | None = None, curves: bool = True,
+               what: str = "reference run", missing: str = "", scales: dict[str, float] | None = None) -> None:
+    """A notebook's view of a multi-seed study: where the runs came from, :func:`study_table`,
+    a :func:`verdict` for each ``(arm, baseline)`` pair on each of ``verdict_metrics`` (default:
+    all ``metrics``), one :func:`plot_seeds` panel per metric and, if ``curves`` and the runs
+    store per-epoch histories, :func:`plot_curves`. Metrics are fractions shown in % unless
+    ``scales`` says otherwise (``{"s_per_image": 1}``). With no runs it prints ``missing`` (the
+    command that produces them)."""
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        print(f"no runs recorded yet. {missing}".strip())
+        return
+    p = runs[0]["provenance"]
+    commits = sorted({r["provenance"].get("commit", "?")[:7] for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
+    trained = f"{p['epochs']} epochs, " if p.get("epochs") else ""
+    print(f"{what}: {trained}{p.get('profile', '?')} sizes, {p.get('device', '?')}, {p.get('precision', '?')}; "
+          f"seeds {seeds}; commits {', '.join(commits)}; mean [min, max] over seeds\n")
+    scales = scales or {}
+    print(study_table(runs, metrics, arms, scales=scales))
+    print()
+    width = max(len(metrics[m]) for m in (verdict_metrics or metrics))
+    for m in verdict_metrics or metrics:
+        for arm, baseline in comparisons:
+            print(f"{metrics[m]:>{width}}: {verdict(runs, m, arm, baseline, scales.get(m, 100.0))}")
+    n = len(metrics)
+    n_arms = len(arms or {r["arm"] for r in runs})
+    fig, axes = plt.subplots(1, n, figsize=(min(16, n * (1.1 * n_arms + 1.6)), 3.6), squeeze=False)
+    for ax, (m, label) in zip(axes[0], metrics.items()):
+        k = scales.get(m, 100.0)
+        plot_seeds(runs, m, arms, ax=ax, scale=k, label=f"{label} (%)" if k == 100 else label,
+                   min_span=4.0 if k == 100 else 0.0)
+        ax.set_title(label, fontsize=10)
+    fig.suptitle(f"{what}: each seed (grey, paired across arms) and the mean (red)", fontsize=10)
+    plt.tight_layout()
+    plt.show()
+    if curves and all(r.get("history") for r in runs):
+        plot_curves(runs)
+        plt.suptitle(f"{what}: training loss and val mIoU per epoch, every seed", fontsize=10, y=1.02)
+        plt.show()

@@ -163,3 +163,21 @@ def test_crf_miou_scores_a_labelling_against_pydensecrf_output():
     p += rng.uniform(-0.25, 0.25, p.shape).astype(np.float32); p = np.clip(p, 0.01, 1); p /= p.sum(0, keepdims=True)
     assert crf_miou([(img, p, label)], 2, iterations=0, w1=4, theta_alpha=10, theta_beta=5) < 1.0
     assert crf_miou([(img, p, label)], 2, iterations=10, w1=10, theta_alpha=10, theta_beta=5) == pytest.approx(1.0)
+
+
+def test_crf_labels_in_worker_processes_equal_one_process():
+    from course_lib.crf import crf_labels, crf_miou, dense_crf
+
+    rng = np.random.default_rng(1)
+    samples = []
+    for _ in range(5):
+        img = rng.integers(0, 255, (18, 22, 3), dtype=np.uint8)
+        p = rng.dirichlet(np.ones(3), size=(18, 22)).transpose(2, 0, 1).astype(np.float32)
+        samples.append((img, p, torch.from_numpy(rng.integers(0, 3, (18, 22)))))
+    params = dict(w1=5.0, theta_alpha=8.0, theta_beta=20.0)
+    one, secs = crf_labels(samples, 5, workers=1, **params)
+    two, _ = crf_labels(samples, 5, workers=2, **params)
+    assert len(one) == len(secs) == 5 and all(s >= 0 for s in secs)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+    assert np.array_equal(one[0], dense_crf(samples[0][0], samples[0][1], 5, **params).argmax(0))
+    assert crf_miou(samples, 3, 5, workers=1, **params) == crf_miou(samples, 3, 5, workers=2, **params)

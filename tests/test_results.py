@@ -155,3 +155,34 @@ def test_select_renames_and_orders(tmp_path):
         R.record_run("s", arm, 0, {"m": 0.1}, provenance={}, root=tmp_path)
     runs = R.select(R.load_results("s", tmp_path)["runs"], {"Z": "z", "X": "x-long-name"})
     assert [r["arm"] for r in runs] == ["Z", "X"]
+
+
+def test_show_study_prints_provenance_table_verdicts_and_draws(tmp_path, capsys):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("Agg")
+    for seed, (a, b) in enumerate([(0.40, 0.45), (0.42, 0.46), (0.41, 0.47)]):
+        prov = {"epochs": 12, "profile": "cpu", "device": "cpu", "precision": "fp32", "commit": f"abc{seed}def0"}
+        hist = [{"epoch": 1, "train_loss": 1.0, "val_miou": a}]
+        R.record_run("w", "base", seed, {"m": a, "bf": a}, provenance=prov, history=hist, root=tmp_path)
+        R.record_run("w", "new", seed, {"m": b, "bf": a}, provenance=prov, history=hist, root=tmp_path)
+    runs = R.load_results("w", tmp_path)["runs"]
+    plt.close("all")
+    R.show_study(runs, {"m": "test mIoU", "bf": "boundary F"}, [("new", "base")], arms=["base", "new"])
+    out = capsys.readouterr().out
+    assert "12 epochs" in out and "seeds [0, 1, 2]" in out and "abc0def, abc1def, abc2def" in out
+    assert "test mIoU: new − base: +5.0" in out and out.count("no difference at this budget") == 1
+    assert len(plt.get_fignums()) == 2  # the seeds figure and the curves
+    plt.close("all")
+    R.show_study([], {"m": "x"}, [], missing="run: python benchmarks/x.py")
+    assert "no runs recorded yet. run: python benchmarks/x.py" in capsys.readouterr().out
+
+
+def test_study_table_scales_per_metric(tmp_path):
+    for seed in range(2):
+        R.record_run("t", "a", seed, {"m": 0.05 + 0.01 * seed, "s_per_image": 0.195 + 0.01 * seed}, provenance={},
+                     root=tmp_path)
+    t = R.study_table(R.load_results("t", tmp_path)["runs"], {"m": "mIoU", "s_per_image": "s / image"},
+                      scales={"s_per_image": 1})
+    assert "5.5 [5.0, 6.0]" in t and "0.200 [0.195, 0.205]" in t
