@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 
 def _close(got: Any, expected: Any, atol: float) -> bool:
-    if isinstance(expected, torch.Tensor) or isinstance(got, torch.Tensor):
+    if isinstance(expected, (torch.Tensor, np.ndarray)) or isinstance(got, (torch.Tensor, np.ndarray)):
         got_t = torch.as_tensor(got, dtype=torch.float64)
         exp_t = torch.as_tensor(expected, dtype=torch.float64)
         return got_t.shape == exp_t.shape and bool(torch.allclose(got_t, exp_t, atol=atol, equal_nan=True))

@@ -17,3 +17,14 @@ def test_check_passes_flags_stub_and_fails_wrong(capsys):
     with pytest.raises(AssertionError, match="case 1 of 3 gave -1, expected 5"):
         check(lambda a, b: a - b, cases, "add")
     assert check(lambda: float("nan"), [((), float("nan"))])
+
+
+def test_check_compares_numpy_arrays_by_shape_and_value():
+    import numpy as np
+
+    mask = np.array([[True, False], [False, True]])
+    assert check(lambda: mask.copy(), [((), mask)])
+    with pytest.raises(AssertionError):
+        check(lambda: ~mask, [((), mask)])
+    with pytest.raises(AssertionError):
+        check(lambda: mask[:1], [((), mask)])
