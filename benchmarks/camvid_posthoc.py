@@ -36,6 +36,7 @@ from course_lib.runtime import get_device, get_precision, get_profile  # noqa: E
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 CRF_GRID = {"w1": (3.0, 5.0), "theta_alpha": (20.0, 40.0, 80.0), "theta_beta": (3.0, 6.0, 12.0)}
 CRF_ITERATIONS = 10
+CRF_NETS = (("deeplabv1-r10", "v1"), ("deeplabv3-r10", "v3"))  # reference arm → label in camvid_crf.json
 
 
 def trained_model(arm: str, seed: int, args, prof, L, output_stride: int | None = None) -> torch.nn.Module:
@@ -101,7 +102,9 @@ def run_crf(seed: int, args, prof, L, device, precision, record) -> None:
     size, C = prof.camvid_size, L.num_classes
     raw_val = D.semantic_dataset("camvid", "val", prof)
     raw_test = D.semantic_dataset("camvid", "test", prof)
-    for arm, label in (("deeplabv1-r10", "v1"), ("deeplabv3-r10", "v3")):
+    for arm, label in [(a, lab) for a, lab in CRF_NETS if lab in args.crf_nets]:
+        if {(label, seed), (f"{label} + CRF", seed)} <= args.recorded and not args.force:
+            continue  # this network's seed is done (another sitting)
         model = trained_model(arm, seed, args, prof, L).to(device)
         tune = [_probabilities(model, L.val.dataset, raw_val, i, device, size)[:3]
                 for i in range(0, len(L.val.dataset), args.val_step)]
@@ -124,7 +127,7 @@ def run_crf(seed: int, args, prof, L, device, precision, record) -> None:
 
 
 STUDIES = {"tta": run_tta, "crf": run_crf}
-VARIANTS = {"tta": 5, "crf": 4}  # how many (variant, seed) records one seed of each study writes
+VARIANTS = {"tta": 5, "crf": 2}  # (variant, seed) records one seed writes (crf: per network of --crf-nets)
 
 
 def parse_grid(items: list[str]) -> dict[str, tuple[float, ...]]:
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val-step", type=int, default=4, help="CRF tuning on every n-th validation image")
     ap.add_argument("--crf-grid", nargs=3, default=[f"{k}={','.join(str(v) for v in vs)}" for k, vs in CRF_GRID.items()],
                     help="the starting grid, grown until its best point is inside (default: %(default)s)")
+    ap.add_argument("--crf-nets", nargs="+", default=[lab for _, lab in CRF_NETS], choices=[lab for _, lab in CRF_NETS],
+                    help="the reference networks the CRF study post-processes (default: all)")
     ap.add_argument("--test-images", type=int, default=None, help="score only the first N test images (quick checks)")
     ap.add_argument("--force", action="store_true", help="redo seeds already recorded")
     ap.add_argument("--summary", action="store_true")
@@ -163,9 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.summary:
         prof, device = get_profile(args.profile), get_device()
         precision = get_precision(device)
-        recorded = [r["seed"] for r in load_results(name, args.results_dir)["runs"]]
+        args.recorded = {(r["arm"], r["seed"]) for r in load_results(name, args.results_dir)["runs"]}
         # a seed is done when all its variants are recorded (a stopped sitting leaves some)
-        done = {seed for seed in set(recorded) if recorded.count(seed) >= VARIANTS[args.study]}
+        per_seed = VARIANTS[args.study] * (len(args.crf_nets) if args.study == "crf" else 1)
+        wanted = (lambda arm: arm.split(" + ")[0] in args.crf_nets) if args.study == "crf" else (lambda arm: True)
+        recorded = [seed for arm, seed in args.recorded if wanted(arm)]
+        done = {seed for seed in set(recorded) if recorded.count(seed) >= per_seed}
         L = D.semantic_loaders("camvid", prof, prof.camvid_size, torch.Generator(), crop=prof.crop_size)
         L = first_test_images(L, args.test_images)
         for seed in args.seeds:

@@ -67,6 +67,21 @@ class History:
         return cls([dict(r) for r in d.get("records", [])], dict(d.get("meta", {})))
 
 
+LOADED: list[tuple[str, float]] = []
+"""(checkpoint, seconds it trained) of every complete checkpoint :func:`fit` loaded instead of
+training, in this Python process: :func:`ran_for` reports them in a notebook's closing line."""
+
+
+def ran_for(start: float, profile: str, device) -> str:
+    """A notebook's closing line: wall time since ``start`` (``time.perf_counter()``) and how
+    much of the training was loaded from checkpoints rather than done in this run."""
+    line = f"notebook ran in {time.perf_counter() - start:.1f} s (profile {profile}, device {device})"
+    if not LOADED:
+        return line + "; every model was trained in this run (no checkpoint loaded)"
+    return (line + f"; {len(LOADED)} model(s) loaded from checkpoints instead of training "
+            f"({sum(t for _, t in LOADED) / 60:.1f} min of training when they were made)")
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
                    power: float = 0.9, pct_start: float = 0.25) -> LRScheduler | None:
     """Per-step LR schedule: "poly" (lr·(1 − t/T)^power, DeepLab), "onecycle" (peak at the
@@ -429,11 +444,12 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
         _restore_model(model, state, checkpoint)
         history = History.from_dict(state["history"])
         if state.get("complete"):
-            if verbose:
-                meta = history.meta
-                print(f"Loaded trained weights from {checkpoint}: {len(history)} epochs, "
-                      f"{history.train_time_s:.0f} s of training on {meta.get('device', '?')} "
-                      f"({meta.get('precision', '?')}, finished {meta.get('finished', '?')}); delete it to retrain.")
+            # said even when not verbose: a loaded model must not pass for one trained just now
+            meta = history.meta
+            print(f"Loaded trained weights from {Path(checkpoint).name}: {len(history)} epochs, "
+                  f"{history.train_time_s:.0f} s of training on {meta.get('device', '?')} "
+                  f"({meta.get('precision', '?')}, finished {meta.get('finished', '?')}); delete it to retrain.")
+            LOADED.append((str(checkpoint), history.train_time_s))
             return history
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):

@@ -86,13 +86,14 @@ def reference_rows(study: str = "camvid_reference", root: Path | None = None) ->
 
 
 def markdown_table(profiles: tuple[str, ...] = ("cpu", "gpu"), path: Path = PATH,
-                   study: str | None = "camvid_reference") -> str:
+                   study: str | None = "camvid_reference", notebooks: tuple[str, ...] | None = None) -> str:
     """The leaderboard as Markdown: the notebooks' live runs (best test mIoU first within each
-    profile), then, if ``study`` has runs, the reference runs (mean over seeds [min, max])."""
+    profile; only ``notebooks``' rows if given), then, if ``study`` has runs, the reference runs
+    (mean over seeds [min, max])."""
     lines = ["| model | notebook | params (M) | profile | device | trained at | train time | val mIoU | test mIoU |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(load(path), key=lambda r: (r["profile"], -r["test_miou"])):
-        if r["profile"] in profiles:
+        if r["profile"] in profiles and (notebooks is None or r["notebook"] in notebooks):
             lines.append(f"| {r['model']} | {r['notebook']} | {r['params_m']:.2f} | {r['profile']} | {r['device']} | "
                          f"{r['train_size']} | {r['train_s'] / 60:.1f} min | {100 * r['val_miou']:.1f} | {100 * r['test_miou']:.1f} |")
     ref = reference_rows(study) if study else []

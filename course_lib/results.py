@@ -31,11 +31,14 @@ RESULTS_DIR = REPO_ROOT / "results"
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
-    """The checkout's commit (with "+dirty" when files differ from it), or "unknown"."""
+    """The checkout's commit (with "+dirty" when code differs from it), or "unknown". Results,
+    notebooks and Markdown are left out of the dirty check: runs write results while others run,
+    and neither changes what the code computes."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)notebooks", ":(exclude)*.md"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -200,13 +203,13 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
     if ax is None:
         _, ax = plt.subplots(figsize=(1.3 * len(arms) + 2, 3.2))
     seeds = sorted({k for a in arms for k in s[a]["values"]})
+    labels = []  # (x, y, seed) of each seed's last point, named once the y-range is known
     for seed in seeds:
         xs = [i for i, a in enumerate(arms) if seed in s[a]["values"]]
         ys = [scale * s[arms[i]]["values"][seed] for i in xs]
         ax.plot(xs, ys, "-o", color="0.6", lw=0.8, ms=4, zorder=2)
         if xs:
-            ax.annotate(f"s{seed}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(-14, 0), va="center",
-                        ha="right", fontsize=7, color="0.45")
+            labels.append((xs[-1], ys[-1], seed))
     for i, a in enumerate(arms):
         ax.hlines(scale * s[a]["mean"], i - 0.3, i + 0.3, color="C3", lw=2.5, zorder=3)
         ax.annotate(f"{scale * s[a]['mean']:.1f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
@@ -216,6 +219,14 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
     if hi - lo < min_span:
         mid = (hi + lo) / 2
         ax.set_ylim(mid - min_span / 2, mid + min_span / 2)
+    # seed names left of the last arm, pushed apart where values nearly coincide
+    lo, hi = ax.get_ylim()
+    gap, placed = 0.06 * (hi - lo), {}
+    for x, y, seed in sorted(labels, key=lambda t: (t[0], t[1])):
+        y_text = max(y, placed.get(x, -float("inf")) + gap)
+        placed[x] = y_text
+        ax.annotate(f"s{seed}", (x, y), xytext=(x - 0.22, y_text), va="center", ha="right", fontsize=7,
+                    color="0.45", arrowprops=dict(arrowstyle="-", color="0.75", lw=0.5) if y_text != y else None)
     ax.set_ylabel(label or metric)
     ax.set_title(f"{label or metric}: each seed (grey, paired) and the mean (red)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)

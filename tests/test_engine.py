@@ -44,9 +44,13 @@ def test_fit_learns_and_checkpoint_skips_retraining(loaders, tmp_path, capsys):
     # a fresh model + the complete checkpoint: loads, does not train, same predictions
     model2 = tiny_net()
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
+    E.LOADED.clear()
+    assert "every model was trained in this run" in E.ran_for(0.0, "smoke", "cpu")
     hist2 = E.fit(model2, train, val, num_classes=4, device=torch.device("cpu"), epochs=6,
-                  optimizer=opt2, checkpoint=ckpt, progress=False)
-    assert "Loaded trained weights" in capsys.readouterr().out
+                  optimizer=opt2, checkpoint=ckpt, progress=False, verbose=False)
+    assert "Loaded trained weights" in capsys.readouterr().out  # said even when not verbose
+    assert "1 model(s) loaded from checkpoints" in E.ran_for(0.0, "smoke", "cpu")
+    E.LOADED.clear()
     assert hist2.records == hist.records
     x = next(iter(val))[0]
     model.eval(), model2.eval()

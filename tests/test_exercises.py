@@ -28,3 +28,9 @@ def test_check_compares_numpy_arrays_by_shape_and_value():
         check(lambda: ~mask, [((), mask)])
     with pytest.raises(AssertionError):
         check(lambda: mask[:1], [((), mask)])
+
+
+def test_check_accepts_a_list_for_a_tuple():
+    assert check(lambda: [10, 18], [((), (10, 18))])
+    with pytest.raises(AssertionError):
+        check(lambda: [10, 17], [((), (10, 18))])

@@ -25,6 +25,7 @@ def test_record_replaces_and_renders(tmp_path):
     table = L.markdown_table(("cpu",), p)
     assert "| FCN-8s | 03 | 1.50 | cpu | CPU | 176x240 | 2.0 min | 42.0 | 40.0 |" in table
     assert "smoke" not in table
+    assert "U-Net" in table and L.markdown_table(("cpu",), p, notebooks=("05",)).count("| 03 |") == 0
     with pytest.raises(ValueError, match="lacks"):
         L.record({"model": "x"}, p)
 

@@ -100,10 +100,15 @@ def test_posthoc_evaluations_score_every_variant_of_a_trained_seed(camvid_dir, t
     assert sorted(r["arm"] for r in runs) == ["flip", "output stride 8 (same weights)", "scales", "scales + flip",
                                               "single scale"]
     assert {r["metrics"]["passes"] for r in runs} == {1, 2, 6, 12}
-    post.main(["--study", "crf", "--seeds", "0", "--val-step", "50", "--test-images", "3",
-               "--crf-grid", "w1=4", "theta_alpha=40,80", "theta_beta=5", *common])
+    crf = ["--study", "crf", "--seeds", "0", "--val-step", "50", "--test-images", "3",
+           "--crf-grid", "w1=4", "theta_alpha=40,80", "theta_beta=5", *common]
+    post.main(crf + ["--crf-nets", "v1"])
     runs = {r["arm"]: r for r in R.load_results("camvid_crf", tmp_path)["runs"]}
-    assert sorted(runs) == ["v1", "v1 + CRF", "v3", "v3 + CRF"]
+    assert sorted(runs) == ["v1", "v1 + CRF"]
+    v1_wall = runs["v1 + CRF"]["wall_s"]
+    post.main(crf)  # both networks: v1's seed is kept, v3 is added
+    runs = {r["arm"]: r for r in R.load_results("camvid_crf", tmp_path)["runs"]}
+    assert sorted(runs) == ["v1", "v1 + CRF", "v3", "v3 + CRF"] and runs["v1 + CRF"]["wall_s"] == v1_wall
     m = runs["v1 + CRF"]["metrics"]
     grid = m["crf_grid"]  # θα, the one searched axis, grew until its best point was inside (or 3 steps)
     assert grid["w1"] == [4.0] and grid["theta_beta"] == [5.0]
@@ -186,3 +191,20 @@ def test_study_table_scales_per_metric(tmp_path):
     t = R.study_table(R.load_results("t", tmp_path)["runs"], {"m": "mIoU", "s_per_image": "s / image"},
                       scales={"s_per_image": 1})
     assert "5.5 [5.0, 6.0]" in t and "0.200 [0.195, 0.205]" in t
+
+
+def test_git_commit_is_dirty_for_code_not_for_results(tmp_path):
+    import subprocess
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q"); git("config", "user.email", "t@t"); git("config", "user.name", "t")
+    (tmp_path / "results").mkdir(); (tmp_path / "results" / "r.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "."); git("commit", "-qm", "c")
+    assert not R.git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "results" / "r.json").write_text('{"runs": []}')  # a run recorded meanwhile
+    assert not R.git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert R.git_commit(tmp_path).endswith("+dirty")

@@ -60,6 +60,13 @@ WRONG: dict[str, list[tuple[str, str]]] = {
          "        conv.weight.copy_(linear.weight.view(-1, k, k, channels).permute(0, 3, 1, 2))\n"
          "        conv.bias.copy_(linear.bias)\n"
          "    return conv"),
+        ("linear_to_conv",  # right weights, but it jumps k pixels: no longer one output per position
+         "def linear_to_conv(linear, channels, k):\n"
+         "    conv = torch.nn.Conv2d(channels, linear.out_features, k, stride=k)\n"
+         "    with torch.no_grad():\n"
+         "        conv.weight.copy_(linear.weight.view(-1, channels, k, k))\n"
+         "        conv.bias.copy_(linear.bias)\n"
+         "    return conv"),
     ],
     "03_fcn": [
         ("score_map_sizes",  # divides without padding first
