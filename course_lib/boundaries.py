@@ -85,3 +85,40 @@ def semantic_edges_reference(mask, num_classes: int, radius: float = 2.0, ignore
         total = inner + outer
         out[k] = (total > 0) & (total <= radius + 1e-9)
     return out
+
+
+def edge_pr_counts(probs: torch.Tensor, edges: torch.Tensor, thresholds: torch.Tensor,
+                   tolerance: float = 2.0) -> torch.Tensor:
+    """Counts for precision–recall of per-class edge maps at each threshold, to be summed over a
+    dataset: probs float [B, K, H, W] in [0, 1], edges bool [B, K, H, W] (ground truth),
+    thresholds [T] → int64 [T, K, 4] = (predicted pixels within ``tolerance`` of a true edge,
+    predicted pixels, true edge pixels within ``tolerance`` of a prediction, true edge pixels).
+
+    Matching is by distance (a disk dilation, as the DAVIS boundary F does), not the one-to-one
+    pixel assignment of the BSDS benchmark that pyEdgeEval implements, so it is more lenient
+    where several predicted pixels crowd one true edge pixel."""
+    if probs.shape != edges.shape or probs.dim() != 4:
+        raise ValueError(f"probs and edges must both be [B, K, H, W], got {tuple(probs.shape)} and {tuple(edges.shape)}.")
+    gt_near = dilate(edges, tolerance)
+    out = torch.zeros(len(thresholds), probs.shape[1], 4, dtype=torch.int64)
+    for i, t in enumerate(thresholds.tolist()):
+        pred = probs >= t
+        out[i, :, 0] = (pred & gt_near).sum((0, 2, 3)).cpu()
+        out[i, :, 1] = pred.sum((0, 2, 3)).cpu()
+        out[i, :, 2] = (edges & dilate(pred, tolerance)).sum((0, 2, 3)).cpu()
+        out[i, :, 3] = edges.sum((0, 2, 3)).cpu()
+    return out
+
+
+def ods_f(counts: torch.Tensor) -> dict:
+    """ODS ("optimal dataset scale") from summed :func:`edge_pr_counts` [T, K, 4]: per class,
+    precision and recall at every threshold and the best F over thresholds (one threshold for
+    the whole dataset, chosen per class); ``mean_f``: the mean over classes with any true edge."""
+    c = counts.double()
+    precision = c[..., 0] / c[..., 1].clamp(min=1)
+    recall = c[..., 2] / c[..., 3].clamp(min=1)
+    f = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    best_f, best_t = f.max(0)
+    present = c[0, :, 3] > 0
+    return {"precision": precision, "recall": recall, "f": f, "best_f": best_f, "best_threshold_index": best_t,
+            "mean_f": float(best_f[present].mean()) if present.any() else float("nan")}

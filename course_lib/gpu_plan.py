@@ -60,6 +60,7 @@ class PlannedModel:
     min_train_batch: int = 1
     eval_stride: int = 1
     eval_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    train_loss: Callable[[nn.Module], Callable] | None = None  # model → its training loss (default: CE)
 
     def eval_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, C, ceil(H / eval_stride), ceil(W / eval_stride)] for whole images
@@ -180,8 +181,29 @@ def _plan_08(cfg: dict, p: Profile) -> list[PlannedModel]:
     ]
 
 
+def sbcb_model(build: Callable[[], nn.Module], num_classes: int) -> nn.Module:
+    """``build()`` wrapped in :class:`~course_lib.models.sbcb.SBCB` (its boundary head, for training)."""
+    from .models.sbcb import SBCB
+
+    return SBCB(build(), num_classes)
+
+
+def _plan_09(cfg: dict, p: Profile) -> list[PlannedModel]:
+    from .models.sbcb import SBCBLoss
+
+    v3plus = _deeplab(cfg, p, "aspp_v3", decoder=True)
+    return [
+        PlannedModel("09", f"DeepLab v3+ ({cfg['backbone']})", v3plus, p.crop_size, p.batch_size, CAMVID_CLASSES,
+                     eval_size=p.camvid_size, min_train_batch=2),
+        PlannedModel("09", f"DeepLab v3+ ({cfg['backbone']}) with SBCB's boundary head", partial(sbcb_model, v3plus, CAMVID_CLASSES),
+                     p.crop_size, p.batch_size, CAMVID_CLASSES, eval_size=p.camvid_size, min_train_batch=2,
+                     train_loss=lambda model: SBCBLoss(model, nn.CrossEntropyLoss(ignore_index=255), CAMVID_CLASSES,
+                                                       weight=cfg["loss_weight"], radius=cfg["radius"])),
+    ]
+
+
 PLANNERS: dict[str, Callable[[dict, Profile], list[PlannedModel]]] = {
-    "02": _plan_02, "03": _plan_03, "05": _plan_05, "06": _plan_06, "07": _plan_07, "08": _plan_08,
+    "02": _plan_02, "03": _plan_03, "05": _plan_05, "06": _plan_06, "07": _plan_07, "08": _plan_08, "09": _plan_09,
 }
 """Notebook → the models it trains (00, 01 and 04 train nothing)."""
 

@@ -66,3 +66,29 @@ def test_the_reference_on_a_case_worked_by_hand():
     outer_ring = np.zeros((9, 9), bool); outer_ring[1:8, 2:7] = True; outer_ring[2:7, 1:8] = True
     outer_ring[2:7, 2:7] = False
     assert np.array_equal(e[1], inner_ring | outer_ring) and np.array_equal(e[0], e[1])
+
+
+def test_edge_pr_counts_and_ods_against_distance_transforms():
+    from scipy.ndimage import distance_transform_edt
+
+    from course_lib.boundaries import edge_pr_counts, ods_f
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 3, (2, 20, 24), generator=g)
+    edges = semantic_edges(labels, 3, 1)
+    probs = (edges.float() * 0.6 + 0.5 * torch.rand(edges.shape, generator=g)).clamp(0, 1)
+    thresholds = torch.tensor([0.3, 0.5, 0.7, 0.9])
+    counts = edge_pr_counts(probs, edges, thresholds, tolerance=2)
+    for i, t in enumerate(thresholds.tolist()):
+        for k in range(3):
+            pred, gt = (probs[:, k] >= t).numpy(), edges[:, k].numpy()
+            # distance from each pixel to the nearest true edge / predicted pixel, per image
+            d_gt = np.stack([distance_transform_edt(~m) if m.any() else np.full(m.shape, np.inf) for m in gt])
+            d_pred = np.stack([distance_transform_edt(~m) if m.any() else np.full(m.shape, np.inf) for m in pred])
+            ref = [(pred & (d_gt <= 2)).sum(), pred.sum(), (gt & (d_pred <= 2)).sum(), gt.sum()]
+            assert counts[i, k].tolist() == [int(v) for v in ref]
+    res = ods_f(counts)
+    assert res["f"].shape == (4, 3) and 0 < res["mean_f"] <= 1
+    assert torch.allclose(res["best_f"], res["f"].max(0).values)
+    perfect = ods_f(edge_pr_counts(edges.float(), edges, thresholds, 2))
+    assert perfect["mean_f"] == pytest.approx(1.0)

@@ -19,6 +19,17 @@ def test_check_passes_flags_stub_and_fails_wrong(capsys):
     assert check(lambda: float("nan"), [((), float("nan"))])
 
 
+def test_check_compares_numpy_arrays_by_shape_and_value():
+    import numpy as np
+
+    mask = np.array([[True, False], [False, True]])
+    assert check(lambda: mask.copy(), [((), mask)])
+    with pytest.raises(AssertionError):
+        check(lambda: ~mask, [((), mask)])
+    with pytest.raises(AssertionError):
+        check(lambda: mask[:1], [((), mask)])
+
+
 def test_check_accepts_a_list_for_a_tuple():
     assert check(lambda: [10, 18], [((), (10, 18))])
     with pytest.raises(AssertionError):

@@ -87,7 +87,8 @@ def test_plan_follows_the_notebook(notebook):
     assert all(c.keys() == cfgs[0].keys() for c in cfgs)
     code, gpu = _code(notebook), PROFILES["gpu"]
     for m in plan("gpu", (notebook,)):
-        builder = m.build.args[0] if m.build.func.__name__ == "_smp" else m.build.func.__name__  # type: ignore[attr-defined]
+        name = m.build.func.__name__  # type: ignore[attr-defined]
+        builder = {"_smp": lambda: m.build.args[0], "sbcb_model": lambda: "SBCB("}.get(name, lambda: name)()  # type: ignore[attr-defined]
         assert builder in code, m.name
         if m.in_channels == 3 and m.dense:
             assert m.train_size == (gpu.crop_size if "crop=crop" in code else gpu.camvid_size), m.name
@@ -101,7 +102,11 @@ def test_gpu_training_shapes_on_meta(m: PlannedModel):
     x, y = _batch(m, m.batch_size, m.train_size, "meta")
     logits = logits_of(model(x))
     assert tuple(logits.shape) == _expected(m, m.batch_size, m.train_size)
-    F.cross_entropy(logits.float(), y, ignore_index=255).backward()
+    loss = F.cross_entropy(logits.float(), y, ignore_index=255)
+    for extra in getattr(model, "edge_logits", None) or ():  # SBCB's training-only head (09)
+        assert tuple(extra.shape) == _expected(m, m.batch_size, m.train_size)
+        loss = loss + extra.float().mean()
+    loss.backward()
     assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters() if p.requires_grad)
 
 
@@ -135,7 +140,8 @@ def _train_step(m: PlannedModel, model: nn.Module, size: tuple[int, int], precis
     hook = model.register_forward_hook(lambda mod, args, out: outputs.append(logits_of(out).detach()))
     try:
         if m.engine:
-            loss = train_one_epoch(model, [(x, y)], nn.CrossEntropyLoss(ignore_index=255), opt, CPU,
+            loss_fn = m.train_loss(model) if m.train_loss else nn.CrossEntropyLoss(ignore_index=255)
+            loss = train_one_epoch(model, [(x, y)], loss_fn, opt, CPU,
                                    progress=False, precision=precision)
         else:
             model.train()

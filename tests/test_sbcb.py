@@ -26,8 +26,12 @@ def test_head_shapes_and_deployed_model_equals_the_baseline():
     assert out.shape == fused.shape == last.shape == (2, 5, 64, 96)
     sbcb.eval()
     assert sbcb(x) is not None and sbcb.edge_logits is None  # no head at inference
+    seg, fused_eval, _ = sbcb.forward_with_edges(x)  # unless asked for
+    assert seg.shape == fused_eval.shape == (2, 5, 64, 96)
     deployed = sbcb.deploy()
-    assert deployed is model and count_parameters(deployed) == count_parameters(base)
+    assert deployed is not model and count_parameters(deployed) == count_parameters(base)
+    assert all(not m._forward_hooks for m in deployed.modules())  # no taps left in the deployed copy
+    assert sbcb.forward_with_edges(x)[1].shape == (2, 5, 64, 96)  # and the wrapper still works
     base.load_state_dict(deployed.state_dict(), strict=True)  # the baseline architecture takes the weights as they are
     base.eval()
     with torch.no_grad():

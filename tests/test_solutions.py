@@ -106,6 +106,20 @@ WRONG: dict[str, list[tuple[str, str]]] = {
          "    n = 1 + n_rates + int(image_pooling)\n"
          "    return c_in * c * (1 + 9 * n_rates + int(image_pooling)) + n * 2 * c + n * c * c + 2 * c"),
     ],
+    "09_boundary_boosted": [
+        ("class_edges",  # void treated as just another class: edges drawn against void
+         "def class_edges(mask, k, radius):\n"
+         "    from scipy.ndimage import distance_transform_edt\n"
+         "    inside = mask == k\n"
+         "    if not inside.any():\n"
+         "        return np.zeros(mask.shape, bool)\n"
+         "    total = distance_transform_edt(inside) + distance_transform_edt(~inside)\n"
+         "    return (total > 0) & (total <= radius)"),
+        ("pos_weight",  # no clamp: an image without edges divides by zero, a dense one goes below 1
+         "def pos_weight(edges):\n"
+         "    pos = int(edges.sum())\n"
+         "    return (edges.numel() - pos) / max(pos, 1)"),
+    ],
 }
 
 

@@ -68,8 +68,8 @@ class SBCB(nn.Module):
     """``model`` (image [B, 3, H, W] → segmentation logits [B, C, H, W]) trained with an SBD head
     on the modules named by ``taps`` (three early ones, then the last stage). ``forward`` returns
     the model's logits; while training it also runs the head and keeps its (fused, last) edge
-    logits in ``self.edge_logits`` for :class:`SBCBLoss`. ``deploy()`` returns the plain model
-    (hooks removed): the head is not part of it."""
+    logits in ``self.edge_logits`` for :class:`SBCBLoss`. ``deploy()`` returns a copy of the plain
+    model (no hooks): the head is not part of it."""
 
     def __init__(self, model: nn.Module, num_classes: int, taps: tuple[str, ...] = RESNET_TAPS,
                  channels: tuple[int, ...] | None = None):
@@ -111,12 +111,26 @@ class SBCB(nn.Module):
         self._features.clear()  # the hooks keep no activations between calls
         return out
 
+    def forward_with_edges(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(segmentation logits [B, C, H, W], fused edge logits [B, K, H, W], last-stage edge
+        logits [B, K, H, W]) in the current mode: to look at, or score, the boundary head itself."""
+        self._features.clear()
+        out = self.model(x)
+        f = [self._features[t] for t in self.taps]
+        self._features.clear()
+        fused, last = self.head(f[:3], f[3], x.shape[-2:])
+        return out, fused, last
+
     def deploy(self) -> nn.Module:
-        """The plain segmentation model, hooks removed: what inference uses (the head is left behind)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-        return self.model
+        """A copy of the plain segmentation model with the trained weights and without the taps'
+        hooks: what inference uses (the head is left behind). The SBCB wrapper keeps working."""
+        import copy
+
+        plain = copy.deepcopy(self.model)
+        modules = dict(plain.named_modules())
+        for name, handle in zip(self.taps, self._hooks):
+            modules[name]._forward_hooks.pop(handle.id, None)
+        return plain
 
 
 def boundary_bce(logits: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
