@@ -18,6 +18,9 @@ the training step:
 - a pixel of O is an edge iff a pixel of K lies within ``radius``;
 - a void pixel (not in K, not in O) is an edge iff for some distance d that a pixel grid can
   realise (d = √n), K lies within d and O within radius − d: then inner + outer ≤ radius.
+
+For instance segmentation, :func:`instance_boundaries` gives the image-level boundary map of a
+target's instance masks (B2Inst, BMask R-CNN): a Laplacian per instance, OR over instances.
 """
 
 from __future__ import annotations
@@ -122,3 +125,42 @@ def ods_f(counts: torch.Tensor) -> dict:
     present = c[0, :, 3] > 0
     return {"precision": precision, "recall": recall, "f": f, "best_f": best_f, "best_threshold_index": best_t,
             "mean_f": float(best_f[present].mean()) if present.any() else float("nan")}
+
+
+_BLOCK_VALUES = 1 << 26  # instance_boundaries: at most ~64 M float values (256 MB) per conv2d
+
+
+def instance_boundaries(masks: torch.Tensor) -> torch.Tensor:
+    """The image-level boundary map of all instances, as B2Inst supervises its boundary
+    basis and BMask R-CNN builds its boundary targets: masks bool/uint8 [N, H, W] (0/1) →
+    uint8 [H, W] of 0/1.
+
+    Per instance, the 0/1 mask is convolved with the Laplacian [[-1,-1,-1], [-1,8,-1],
+    [-1,-1,-1]] (zero padding), clamped ≥ 0 and thresholded > 0.1: the mask pixels with a
+    non-mask 8-neighbour (pixels on the image border included). The OR over instances keeps
+    both sides of the line between touching objects, which a boundary of the merged
+    foreground would lose. N = 0 (an empty [0, H, W] tensor) → zeros [H, W].
+    """
+    masks = torch.as_tensor(masks)
+    if masks.dim() != 3 or masks.is_floating_point():
+        raise ValueError(f"instance_boundaries takes instance masks bool/uint8 [N, H, W] (a target's 'masks'), got "
+                         f"{tuple(masks.shape)} of {masks.dtype}; threshold probabilities first (p > 0.5), and "
+                         f"pass an empty [0, H, W] tensor for an image without instances.")
+    n, h, w = masks.shape
+    out = torch.zeros(h, w, dtype=torch.bool, device=masks.device)
+    if n == 0:
+        return out.to(torch.uint8)
+    laplacian = torch.full((3, 3), -1.0, device=masks.device)
+    laplacian[1, 1] = 8.0
+    # One grouped conv2d per block of instances: each instance is a channel with its own copy
+    # of the kernel (on a CPU about 2× faster than the same conv with the instances as a
+    # batch). Blocks bound the float copy to _BLOCK_VALUES: a 1000 × 1000 image with 300
+    # nuclei would otherwise need 1.2 GB, twice.
+    block = max(1, _BLOCK_VALUES // max(1, h * w))
+    for chunk in (masks != 0).split(block):
+        n_k = len(chunk)
+        lap = torch.nn.functional.conv2d(chunk[None].float(), laplacian.expand(n_k, 1, 3, 3).contiguous(),
+                                         padding=1, groups=n_k)  # [1, n_k, H, W]
+        out |= (lap[0] > 0.1).any(0)  # BMask R-CNN clamps at 0 first: a no-op before a threshold > 0
+    return out.to(torch.uint8)
+

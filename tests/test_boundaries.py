@@ -92,3 +92,76 @@ def test_edge_pr_counts_and_ods_against_distance_transforms():
     assert torch.allclose(res["best_f"], res["f"].max(0).values)
     perfect = ods_f(edge_pr_counts(edges.float(), edges, thresholds, 2))
     assert perfect["mean_f"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ instance boundaries (B2Inst)
+
+def _laplacian_reference(masks: np.ndarray) -> np.ndarray:
+    """BMask R-CNN's boundary target one instance at a time with SciPy (zero padding), OR'd.
+    Each instance is convolved in its bounding box with a ring of zeros around it: outside the
+    box the Laplacian of a 0/1 mask is ≤ 0, so nothing there is boundary."""
+    from scipy.ndimage import convolve
+
+    kernel = -np.ones((3, 3))
+    kernel[1, 1] = 8
+    out = np.zeros(masks.shape[1:], bool)
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        if len(ys) == 0:
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        crop = np.pad(m, 1)[y0:y1 + 2, x0:x1 + 2].astype(float)  # padded coordinates are shifted by 1
+        lap = convolve(crop, kernel, mode="constant", cval=0.0)[1:-1, 1:-1]
+        out[y0:y1, x0:x1] |= np.clip(lap, 0, None) > 0.1
+    return out
+
+
+def test_instance_boundaries_keep_both_sides_of_a_contact():
+    from course_lib.boundaries import instance_boundaries
+
+    masks = torch.zeros(2, 8, 12, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = True   # two 4 × 4 squares touching along columns 5 | 6
+    masks[1, 2:6, 6:10] = True
+    ring = np.zeros((8, 12), np.uint8)
+    for c0 in (2, 6):
+        ring[2:6, c0:c0 + 4] = 1
+        ring[3:5, c0 + 1:c0 + 3] = 0  # the inside of each square is not boundary
+    got = instance_boundaries(masks)
+    assert got.dtype == torch.uint8 and got.shape == (8, 12)
+    assert np.array_equal(got.numpy(), ring)
+    assert got[3:5, 5].tolist() == [1, 1] and got[3:5, 6].tolist() == [1, 1]  # the contact line, both sides
+    # the merged foreground as one instance loses the contact line
+    merged = instance_boundaries(masks.any(0, keepdim=True))
+    assert merged[3:5, 5:7].sum() == 0 and merged.sum() < got.sum()
+    # a mask on the image border: zero padding makes its border pixels boundary
+    full = instance_boundaries(torch.ones(1, 4, 5, dtype=torch.uint8))
+    assert full.sum() == 4 * 5 - 2 * 3 and full[1:3, 1:4].sum() == 0
+
+
+@pytest.mark.parametrize("block_values", [None, 256 * 320 * 16])  # one conv2d; blocks of 16 / 20 instances
+def test_instance_boundaries_equal_the_per_instance_convolution_on_real_nuclei(block_values, monkeypatch):
+    require_dataset("nuclei")
+    from course_lib import boundaries
+    from course_lib.data import Nuclei
+
+    if block_values:
+        monkeypatch.setattr(boundaries, "_BLOCK_VALUES", block_values)
+    ds = Nuclei("val")
+    for i in (0, 6):  # 62 nuclei at 256 × 256, 73 at 256 × 320
+        masks = ds[i][1]["masks"]  # uint8 [N, H, W]
+        assert len(masks) > 50
+        got = boundaries.instance_boundaries(masks)
+        assert np.array_equal(got.numpy().astype(bool), _laplacian_reference(masks.numpy()))
+        # touching nuclei: the map holds more than the boundary of the merged foreground
+        assert got.sum() > boundaries.instance_boundaries(masks.amax(0, keepdim=True)).sum()
+
+
+def test_instance_boundaries_of_no_instances_and_bad_input():
+    from course_lib.boundaries import instance_boundaries
+
+    empty = instance_boundaries(torch.zeros(0, 6, 9, dtype=torch.uint8))
+    assert empty.shape == (6, 9) and empty.dtype == torch.uint8 and empty.sum() == 0
+    with pytest.raises(ValueError, match=r"\[N, H, W\].*empty \[0, H, W\]"):
+        instance_boundaries(torch.zeros(6, 9, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="threshold probabilities"):
+        instance_boundaries(torch.rand(2, 6, 9))
