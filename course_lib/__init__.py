@@ -4,9 +4,11 @@ Modules: ``runtime`` (profiles, device, seed), ``data`` (datasets, downloads, au
 loaders), ``metrics`` (confusion matrix, IoU, Dice, boundary F1, trimap), ``engine`` (train /
 evaluate / test-time augmentation, checkpoints, the course's training recipe), ``viz``
 (overlays, grids, curves), ``models`` (patch classifier, FCN, U-Net, SegNet, DeepLab v1-v3+),
-``losses`` (class weights, Dice), ``crf`` (fully connected CRF), ``cost`` (activation memory,
-time per call), ``leaderboard`` (CamVid results), ``exercises`` (checks for the notebooks'
-exercises).
+(DeepLab's SBCB wrapper in ``models.sbcb``), ``losses`` (class weights, Dice), ``crf`` (fully
+connected CRF), ``boundaries`` (semantic edges, edge precision-recall, instance boundaries),
+``instance_metrics`` (DSB2018 score, COCO mask AP, Boundary IoU), ``cost`` (activation memory,
+time per call), ``results`` (reference runs: provenance, tables, verdicts), ``leaderboard``
+(CamVid results), ``exercises`` (checks for the notebooks' exercises).
 """
 
 from .runtime import Profile, Setup, get_device, get_profile, seed_everything, setup
