@@ -33,7 +33,7 @@ def check(fn: Callable, cases: Sequence[tuple[tuple, Any]], name: str | None = N
     """Call ``fn(*args)`` for each ``(args, expected)``; print ✓ when all match.
 
     Returns False (and prints a hint) if ``fn`` raises NotImplementedError; raises
-    AssertionError naming the first failing case otherwise.
+    AssertionError naming the first failing case otherwise, also when ``fn`` raises.
     """
     name = name or getattr(fn, "__name__", "your function")
     for i, (args, expected) in enumerate(cases):
@@ -42,6 +42,8 @@ def check(fn: Callable, cases: Sequence[tuple[tuple, Any]], name: str | None = N
         except NotImplementedError:
             print(f"… {name}: not attempted yet. Fill in the cell above and run this check again.")
             return False
+        except Exception as e:  # a shape mismatch inside the answer: say which case, not a bare traceback
+            raise AssertionError(f"{name}: case {i + 1} of {len(cases)} raised {type(e).__name__}: {e}") from e
         if not _close(got, expected, atol):
             raise AssertionError(f"{name}: case {i + 1} of {len(cases)} gave {got!r}, expected "
                                  f"{expected!r} (tolerance {atol}).")

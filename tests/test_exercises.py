@@ -34,3 +34,11 @@ def test_check_accepts_a_list_for_a_tuple():
     assert check(lambda: [10, 18], [((), (10, 18))])
     with pytest.raises(AssertionError):
         check(lambda: [10, 17], [((), (10, 18))])
+
+
+def test_check_names_the_case_whose_answer_raises():
+    def shape_bug(n):
+        return torch.ones(n) + torch.ones(3)
+
+    with pytest.raises(AssertionError, match="case 2 of 2 raised RuntimeError"):
+        check(shape_bug, [((3,), torch.full((3,), 2.0)), ((4,), torch.full((4,), 2.0))], "shape_bug")
