@@ -13,6 +13,10 @@
   Checkpoints are read with ``torch.load(weights_only=True)``.
 - ``evaluate`` feeds the model images resized to ``input_size`` and upsamples the logits to
   the labels' own resolution, so metrics are always against full-resolution labels.
+- Under ``torchrun`` (several processes, see :mod:`course_lib.distributed`) ``fit`` trains a
+  DistributedDataParallel copy on each rank's share of the data, sums loss and confusion
+  matrices over the ranks, and only rank 0 prints and writes the checkpoint. In one process
+  nothing of this happens.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from tqdm.auto import tqdm
 
+from . import distributed
 from .metrics import SegmentationMeter
 from .runtime import device_name, get_precision
 
@@ -70,6 +76,9 @@ class History:
 LOADED: list[tuple[str, float]] = []
 """(checkpoint, seconds it trained) of every complete checkpoint :func:`fit` loaded instead of
 training, in this Python process: :func:`ran_for` reports them in a notebook's closing line."""
+SAVED: list[str] = []
+"""Every checkpoint path :func:`fit` wrote in this process, once per write (under torchrun:
+on rank 0 only)."""
 
 
 def ran_for(start: float, profile: str, device) -> str:
@@ -200,8 +209,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
                     device: torch.device, scheduler: LRScheduler | None = None, progress: bool = True,
                     desc: str = "train", deadline: float | None = None, precision: str | None = None) -> float:
     """One pass over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]).
-    Returns the mean training loss. Stops early (between batches) past ``deadline``.
-    The forward pass runs under :func:`autocast` (``precision``); the loss in fp32.
+    Returns the mean training loss (over all ranks under torchrun). Stops early (between
+    batches) past ``deadline`` (all ranks at the same batch). The forward pass runs under
+    :func:`autocast` (``precision``); the loss in fp32.
 
     Raises FloatingPointError when the loss (or, after the last step, a weight) is NaN/inf,
     ValueError for labels outside 0..C-1 that the loss does not ignore, for a batch of 1 that
@@ -210,7 +220,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
     channels_last = prefers_channels_last(device)
     ignore_index = _loss_ignore_index(loss_fn)
     total, count, batch = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress or not distributed.is_main())
     for batch, (images, masks) in enumerate(bar, 1):
         images = _to_device(images, device, channels_last)
         masks = masks.to(device, non_blocking=True)
@@ -230,8 +240,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
         total += float(loss.detach()) * images.shape[0]
         count += images.shape[0]
         bar.set_postfix(loss=f"{total / count:.3f}")
-        if deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and distributed.any_rank(time.perf_counter() > deadline):
             break
+    if distributed.active():
+        total, count = distributed.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     if count == 0:
         raise ValueError("The training loader yielded no batches: an empty split file or subset, or "
                          "drop_last=True with fewer items than batch_size.")
@@ -282,14 +294,21 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     """Metrics over ``loader`` of (image float [B, C, H, W], mask int64 [B, H, W]) at the
     masks' resolution: dict with ``miou``, ``pixel_acc``, ``iou`` [C], ``dice`` [C], ``cm``
     (and ``bf1``, ``mbf1`` with ``boundary=True``; ``trimap`` with ``trimap_widths``, see
-    :class:`~course_lib.metrics.SegmentationMeter`). ``scales``/``flip``: see :func:`predict`."""
+    :class:`~course_lib.metrics.SegmentationMeter`). ``scales``/``flip``: see :func:`predict`.
+    Under torchrun every rank must call it: each scores its share of ``loader`` (a DataLoader)
+    and the counts are summed, so all ranks return the metrics of the whole set."""
     model.eval()
     channels_last = prefers_channels_last(device)
     meter = SegmentationMeter(num_classes, ignore_index, boundary=boundary, trimap_widths=trimap_widths)
-    for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    loader = distributed.eval_loader(loader)  # type: ignore[arg-type]
+    for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress or not distributed.is_main()):
         images = _to_device(images, device, channels_last)
         logits = predict(model, images, input_size, tuple(masks.shape[-2:]), scales, flip, precision)
         meter.update(logits.argmax(1), masks.to(device))
+    if distributed.active():
+        meter.cm = distributed.all_reduce_sum(meter.cm)
+        meter.bf_sum, meter.bf_count = distributed.all_reduce_sum(meter.bf_sum), distributed.all_reduce_sum(meter.bf_count)
+        meter.trimap_cms = {w: distributed.all_reduce_sum(cm) for w, cm in meter.trimap_cms.items()}
     if int(meter.cm.sum()) == 0:
         raise ValueError(f"evaluate found no labelled pixels to score: the loader is empty (an empty split "
                          f"file or subset) or every pixel is ignore_index={ignore_index}.")
@@ -420,15 +439,26 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
     training, an incomplete one is resumed, and one with another configuration raises
     :class:`CheckpointMismatchError` naming the differences. Returns the :class:`History`
     (``history.records``, one dict per epoch; ``history.meta``: device, precision, when).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group, trains a
+    DistributedDataParallel wrapper of ``model`` with each rank on its share of
+    ``train_loader`` (a DataLoader; CUDA: ``cuda:$LOCAL_RANK``), reports loss and metrics
+    summed over the ranks, and prints and writes the checkpoint on rank 0 only; the
+    checkpoint records ``world_size``. See :mod:`course_lib.distributed`.
     """
+    device = distributed.init(device)  # joins torchrun's process group; a no-op in one process
     _check_checkpoint_writable(checkpoint)
     precision = precision or get_precision(device)
+    if distributed.active():
+        config = {**(config or {}), "world_size": distributed.world_size()}
     wanted = run_config(model, epochs=epochs, optimizer=optimizer, schedule=schedule, precision=precision,
                         loss_fn=loss_fn, time_budget_s=time_budget_s, extra=config)
     loss_fn = loss_fn or nn.CrossEntropyLoss(ignore_index=ignore_index)
+    main = distributed.is_main()
     model.to(device)
     if prefers_channels_last(device):
         model.to(memory_format=torch.channels_last)
+    train_loader = distributed.train_loader(train_loader)  # type: ignore[arg-type]
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     scheduler = make_scheduler(optimizer, schedule, epochs * steps_per_epoch)
     history, start_epoch = History(), 0
@@ -446,46 +476,56 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
         if state.get("complete"):
             # said even when not verbose: a loaded model must not pass for one trained just now
             meta = history.meta
-            print(f"Loaded trained weights from {Path(checkpoint).name}: {len(history)} epochs, "
-                  f"{history.train_time_s:.0f} s of training on {meta.get('device', '?')} "
-                  f"({meta.get('precision', '?')}, finished {meta.get('finished', '?')}); delete it to retrain.")
+            if main:
+                print(f"Loaded trained weights from {Path(checkpoint).name}: {len(history)} epochs, "
+                      f"{history.train_time_s:.0f} s of training on {meta.get('device', '?')} "
+                      f"({meta.get('precision', '?')}, finished {meta.get('finished', '?')}); delete it to retrain.")
             LOADED.append((str(checkpoint), history.train_time_s))
             return history
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"]
-        if verbose:
+        if verbose and main:
             print(f"Resuming from {checkpoint} at epoch {start_epoch}/{epochs}.")
     history.meta.update(device=device_name(device), precision=precision)
+    net = model
+    if distributed.active() and not isinstance(model, DistributedDataParallel):
+        # after any checkpoint was loaded: DDP starts every rank from rank 0's weights
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        history.meta["world_size"] = distributed.world_size()
     start = time.perf_counter()
     deadline = (start + time_budget_s - history.train_time_s) if time_budget_s is not None else None
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device, scheduler,
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]  # DistributedSampler
+        loss = train_one_epoch(net, train_loader, loss_fn, optimizer, device, scheduler,
                                progress, desc=f"epoch {epoch + 1}/{epochs}", deadline=deadline,
                                precision=precision)
+        distributed.broadcast_buffers(model)
         train_s = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "train_loss": loss, "lr": lr, "time_s": train_s}
-        out_of_time = deadline is not None and time.perf_counter() > deadline
+        out_of_time = deadline is not None and distributed.any_rank(time.perf_counter() > deadline)
         done = epoch + 1 == epochs or out_of_time
         if val_loader is not None and val_every > 0 and ((epoch + 1) % val_every == 0 or done):
             m = evaluate(model, val_loader, num_classes, device, input_size, ignore_index,
                          progress=progress, precision=precision)
             record.update(val_miou=m["miou"], val_pixel_acc=m["pixel_acc"])
         history.append(**record)
-        if verbose:
+        if verbose and main:
             extra = f", val mIoU {record['val_miou']:.3f}" if "val_miou" in record else ""
             print(f"epoch {epoch + 1:3d}/{epochs}: loss {loss:.4f}{extra} ({train_s:.1f} s)")
         if done:
             history.meta["finished"] = datetime.datetime.now().isoformat(timespec="minutes")
-        if checkpoint is not None:
+        if checkpoint is not None and main:
             save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict() if scheduler is not None else {},
                             epoch=epoch + 1, history=history.to_dict(), complete=done, config=wanted)
+            SAVED.append(str(checkpoint))
         if out_of_time:
-            if verbose:
+            if verbose and main:
                 print(f"Time budget of {time_budget_s:.0f} s reached after epoch {epoch + 1}.")
             break
     return history

@@ -27,6 +27,8 @@ PROFILE_ENV = "COURSE_PROFILE"
 DATA_ENV = "COURSE_DATA_DIR"
 PRECISION_ENV = "COURSE_PRECISION"
 PRECISIONS = ("fp32", "bf16")
+PRETRAINED_ENV = "COURSE_PRETRAINED"
+_YES, _NO = ("1", "yes", "true", "on"), ("0", "no", "false", "off", "")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -176,6 +178,20 @@ def get_precision(device: torch.device, prefer: str | None = None) -> str:
     return "fp32"
 
 
+def get_pretrained(prefer: bool | None = None) -> bool:
+    """Whether the course's models start from ImageNet-pretrained encoders (needs internet the
+    first time; the weights are cached by torch.hub): ``prefer`` if given, else
+    ``$COURSE_PRETRAINED`` (1/yes/true/on or 0/no/false/off, any case), else no (from scratch)."""
+    if prefer is not None:
+        return bool(prefer)
+    value = os.environ.get(PRETRAINED_ENV, "")
+    name = value.strip().lower()
+    if name not in _YES + _NO:
+        raise ValueError(f"{PRETRAINED_ENV}={value!r} is not a yes/no value: use 1 (ImageNet-pretrained "
+                         f"encoders, needs internet once) or 0 (train from scratch), or unset it.")
+    return name in _YES
+
+
 def device_name(device: torch.device) -> str:
     """A short human description of ``device`` for result tables, e.g. "CPU (2 cores, x86_64)"."""
     if device.type == "cuda":
@@ -200,7 +216,8 @@ def data_root() -> Path:
 @dataclass(frozen=True)
 class Setup:
     """What a notebook's setup cell returns: profile, device, data root, seed, generator,
-    precision ("bf16" or "fp32", see :func:`get_precision`)."""
+    precision ("bf16" or "fp32", see :func:`get_precision`) and ``pretrained`` (start the
+    encoders from ImageNet weights, see :func:`get_pretrained`; pass it to the models)."""
 
     profile: Profile
     device: torch.device
@@ -208,10 +225,12 @@ class Setup:
     seed: int
     generator: torch.Generator
     precision: str = "fp32"
+    pretrained: bool = False
 
     def __repr__(self) -> str:  # the one-line summary printed in every notebook
         return (f"Setup(profile={self.profile.name!r}, device={str(self.device)!r}, "
-                f"precision={self.precision!r}, data_root={str(self.data_root)!r}, seed={self.seed})")
+                f"precision={self.precision!r}, pretrained={self.pretrained}, "
+                f"data_root={str(self.data_root)!r}, seed={self.seed})")
 
 
 def setup(seed: int = 0, profile: str | None = None, verbose: bool = True) -> Setup:
@@ -222,6 +241,7 @@ def setup(seed: int = 0, profile: str | None = None, verbose: bool = True) -> Se
     prof = get_profile(profile)
     device = get_device()
     precision = get_precision(device)
+    pretrained = get_pretrained()
     gen = seed_everything(seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -236,7 +256,10 @@ def setup(seed: int = 0, profile: str | None = None, verbose: bool = True) -> Se
             "auto: native bf16" if precision == "bf16" else "auto: no native bf16 on this device")
         print(f"precision: {precision} autocast for training and inference ({why}); losses and metrics in fp32"
               if precision == "bf16" else f"precision: fp32 ({why}; set ${PRECISION_ENV}=bf16|fp32 to choose)")
+        print("pretrained: yes (ImageNet encoders, downloaded once into the torch.hub cache; "
+              f"${PRETRAINED_ENV}=0 trains from scratch)" if pretrained else
+              f"pretrained: no (from scratch; set ${PRETRAINED_ENV}=1 for ImageNet encoders, needs internet once)")
         src = f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "default <repo>/data"
         print(f"data    : {root}  ({src})")
         print(f"seed    : {seed}")
-    return Setup(prof, device, root, seed, gen, precision)
+    return Setup(prof, device, root, seed, gen, precision, pretrained)

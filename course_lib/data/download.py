@@ -55,7 +55,7 @@ class DownloadError(OSError):
 
 
 class ChecksumError(ValueError):
-    """A downloaded file's SHA-256 does not match the manifest."""
+    """A downloaded file's SHA-256 does not match the expected one (manifest or file name)."""
 
 
 def register_prepare(name: str) -> Callable[[PrepareFn], PrepareFn]:
@@ -158,9 +158,13 @@ def download_file(url: str, dest: Path, sha256: str | None = None, timeout: floa
     the server's ``Content-Length`` announced, the SHA-256 equal to ``sha256`` (if given), and
     for a .zip/.tar.* name an archive that opens. On any failure the partial file is removed
     and DownloadError (or ChecksumError) names the URL. With ``sha256=None`` the checksum is
-    printed as a warning. The digest is written to ``dest.sha256`` (see :func:`recorded_sha256`).
-    ``max_bytes`` caps the size of the download.
+    printed as a warning. ``sha256`` may also be a prefix of the digest of at least 8 hex
+    digits (what torch.hub's weight file names end in). The digest is written to
+    ``dest.sha256`` (see :func:`recorded_sha256`). ``max_bytes`` caps the size of the download.
     """
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256):
+        raise ValueError(f"sha256 must be a hex SHA-256 digest or a prefix of it (8 to 64 hex digits), "
+                         f"got {sha256!r}.")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(dest.parent, f"{dest.name}.", ".part")
@@ -198,9 +202,10 @@ def download_file(url: str, dest: Path, sha256: str | None = None, timeout: floa
             raise DownloadError(f"{url}: the transfer stopped after {received} of {total} bytes "
                                 f"(connection dropped); nothing was kept. Try again.")
         digest = h.hexdigest()
-        if sha256 is not None and digest != sha256.lower():
+        if sha256 is not None and not digest.startswith(sha256.lower()):
+            wanted = sha256 if len(sha256) == 64 else f"one starting with {sha256}"
             raise ChecksumError(
-                f"{url}: SHA-256 is {digest}, expected {sha256}. The download is corrupt or "
+                f"{url}: SHA-256 is {digest}, expected {wanted}. The download is corrupt or "
                 f"the upstream file changed; nothing was kept. Try again, or report it."
             )
         if _archive_kind(dest.name):

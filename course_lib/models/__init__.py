@@ -5,10 +5,11 @@ from .common import PadToMultiple, count_parameters, pad_to_multiple, smp_model
 from .deeplab import DeepLab
 from .fcn import FCN
 from .patch_cnn import PatchClassifier, convolutionalize, dense_logits, extract_patches, pad_for_centres
+from .pretrained import PretrainedWeightsError
 from .segnet import SegNet
 from .unet import UNet
 from .upsampling import bilinear_kernel, bilinear_upsampler
 
 __all__ = ["ResNetFeatures", "PadToMultiple", "count_parameters", "pad_to_multiple", "smp_model", "DeepLab", "FCN", "PatchClassifier",
            "convolutionalize", "dense_logits", "extract_patches", "pad_for_centres", "SegNet", "UNet",
-           "bilinear_kernel", "bilinear_upsampler"]
+           "bilinear_kernel", "bilinear_upsampler", "PretrainedWeightsError"]

@@ -1,7 +1,8 @@
-"""ResNet feature extractors (torchvision, no pretrained weights) returning the stride-4, 8,
-16 and 32 feature maps that FCN-style heads tap, optionally *dilated* (DeepLab): the strides
-of the last stages are replaced by atrous convolution so that the output stride is 16 or 8
-while every later 3×3 kernel keeps the field of view it had."""
+"""ResNet feature extractors (torchvision; from scratch, or ImageNet-pretrained with
+``pretrained=True``, see :mod:`course_lib.models.pretrained`) returning the stride-4, 8, 16 and
+32 feature maps that FCN-style heads tap, optionally *dilated* (DeepLab): the strides of the
+last stages are replaced by atrous convolution so that the output stride is 16 or 8 while
+every later 3×3 kernel keeps the field of view it had."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 import torch.nn as nn
 from torchvision.models import resnet18, resnet34
 from torchvision.models.resnet import BasicBlock, ResNet
+
+from .pretrained import load_imagenet_weights, weights_url
 
 _BUILDERS = {
     "resnet10": lambda: ResNet(BasicBlock, [1, 1, 1, 1]),  # one block per stage: the cpu profile's backbone
@@ -35,18 +38,23 @@ class ResNetFeatures(nn.Module):
 
     The dict is keyed by each stage's stride in the *undilated* network (4, 8, 16, 32);
     ``feature_strides`` gives the actual strides: with ``output_stride=8`` the stages keyed
-    16 and 32 are at stride 8 too.
+    16 and 32 are at stride 8 too. ``pretrained=True`` starts from torchvision's ImageNet
+    weights (resnet18 / resnet34; downloaded once, needs internet; the classifier is dropped).
     """
 
     channels = {4: 64, 8: 128, 16: 256, 32: 512}
 
-    def __init__(self, name: str = "resnet18", output_stride: int = 32):
+    def __init__(self, name: str = "resnet18", output_stride: int = 32, pretrained: bool = False):
         super().__init__()
         if name not in _BUILDERS:
             raise ValueError(f"Unknown backbone {name!r}; choose from {sorted(_BUILDERS)}.")
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}.")
+        if pretrained:
+            weights_url(name)  # a backbone without ImageNet weights fails here, before any download
         net = _BUILDERS[name]()
+        if pretrained:  # the weights fit the undilated net too: dilation changes no shapes
+            load_imagenet_weights(net, name)
         self.name, self.output_stride = name, output_stride
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .pretrained import FROM_SCRATCH, PretrainedWeightsError
+
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad [B, C, H, W] at the bottom/right to multiples of ``multiple``; returns the
@@ -41,13 +43,22 @@ class PadToMultiple(nn.Module):
         return self.model(x)[..., :h, :w]
 
 
-def smp_model(kind: str, encoder: str, num_classes: int, **kwargs) -> nn.Module:
+def smp_model(kind: str, encoder: str, num_classes: int, pretrained: bool = False, **kwargs) -> nn.Module:
     """``segmentation_models_pytorch.<kind>(encoder, encoder_weights=None, classes=num_classes,
-    **kwargs)`` (from scratch, like every course model) wrapped in :class:`PadToMultiple` by its
-    total stride (16 for DeepLabV3Plus at ``encoder_output_stride=16``, else 32), so it takes
-    any H×W. Logits [B, num_classes, H, W]."""
+    **kwargs)`` (from scratch, like every course model; ``pretrained=True``: smp's "imagenet"
+    encoder weights, which smp downloads through the Hugging Face Hub) wrapped in
+    :class:`PadToMultiple` by its total stride (16 for DeepLabV3Plus at
+    ``encoder_output_stride=16``, else 32), so it takes any H×W. Logits [B, num_classes, H, W]."""
     import segmentation_models_pytorch as smp  # imported when built: slow to import
 
-    model = getattr(smp, kind)(encoder, encoder_weights=None, classes=num_classes, **kwargs)
+    weights = "imagenet" if pretrained else None
+    try:
+        model = getattr(smp, kind)(encoder, encoder_weights=weights, classes=num_classes, **kwargs)
+    except Exception as e:
+        if not pretrained:
+            raise
+        raise PretrainedWeightsError(f"smp could not get the ImageNet weights of encoder {encoder!r} (it "
+                                     f"downloads them from the Hugging Face Hub): {type(e).__name__}: "
+                                     f"{(str(e).splitlines() or [''])[0]} {FROM_SCRATCH}") from e
     stride = kwargs.get("encoder_output_stride", 32) if kind.startswith("DeepLab") else 32
     return PadToMultiple(model, stride)

@@ -168,12 +168,12 @@ class DeepLab(nn.Module):
     ``head``: "largefov" (v1), "aspp_v2", "aspp_v3", "aspp_v3_nopool", "ksac", or "none" (a
     plain 3×3 conv head at the same output stride, the ablation baseline). ``decoder=True``
     adds the v3+ decoder (v3-style heads only). ``channels`` is the width of the head (256 in
-    v3; v1's fc6/fc7 had 1024).
+    v3; v1's fc6/fc7 had 1024). ``pretrained``: ImageNet backbone (see :class:`ResNetFeatures`).
     """
 
     def __init__(self, num_classes: int, head: str = "aspp_v3", backbone: str = "resnet18",
                  output_stride: int = 16, decoder: bool = False, channels: int = 256,
-                 rates: tuple[int, ...] | None = None):
+                 rates: tuple[int, ...] | None = None, pretrained: bool = False):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
@@ -182,7 +182,7 @@ class DeepLab(nn.Module):
                              "use aspp_v3, aspp_v3_nopool, ksac or none.")
         self.head_name, self.output_stride = head, output_stride
         self.rates = tuple(rates) if rates is not None else scaled_rates(head, output_stride)
-        self.backbone = ResNetFeatures(backbone, output_stride)
+        self.backbone = ResNetFeatures(backbone, output_stride, pretrained=pretrained)
         c_in = ResNetFeatures.channels[32]
         if head == "largefov":
             self.head, self.classifier = LargeFOV(c_in, num_classes, channels, *self.rates), nn.Identity()

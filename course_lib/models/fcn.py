@@ -23,14 +23,15 @@ STRIDES = {"32s": 32, "16s": 16, "8s": 8}
 
 
 class FCN(nn.Module):
-    """image [B, 3, H, W] (any H, W) → logits [B, num_classes, H, W]."""
+    """image [B, 3, H, W] (any H, W) → logits [B, num_classes, H, W]. ``pretrained``: ImageNet
+    backbone (see :class:`ResNetFeatures`)."""
 
-    def __init__(self, num_classes: int, variant: str = "8s", backbone: str = "resnet18"):
+    def __init__(self, num_classes: int, variant: str = "8s", backbone: str = "resnet18", pretrained: bool = False):
         super().__init__()
         if variant not in STRIDES:
             raise ValueError(f"variant must be one of {sorted(STRIDES)}, got {variant!r}.")
         self.variant, self.num_classes = variant, num_classes
-        self.backbone = ResNetFeatures(backbone)
+        self.backbone = ResNetFeatures(backbone, pretrained=pretrained)
         ch = ResNetFeatures.channels
         self.head = nn.Sequential(conv_bn_relu(ch[32], ch[32] // 4), nn.Dropout2d(0.1))
         self.score32 = nn.Conv2d(ch[32] // 4, num_classes, 1)
