@@ -115,6 +115,14 @@ WRONG: dict[str, list[tuple[str, str]]] = {
          "        return np.zeros(mask.shape, bool)\n"
          "    total = distance_transform_edt(inside) + distance_transform_edt(~inside)\n"
          "    return (total > 0) & (total <= radius)"),
+        ("class_edges",  # no case for a class that, with void, covers the whole image: EDT of all-True is finite
+         "def class_edges(mask, k, radius):\n"
+         "    from scipy.ndimage import distance_transform_edt\n"
+         "    inside, void = mask == k, mask == 255\n"
+         "    if not inside.any():\n"
+         "        return np.zeros(mask.shape, bool)\n"
+         "    total = distance_transform_edt(inside | void) + distance_transform_edt(~inside)\n"
+         "    return (total > 0) & (total <= radius)"),
         ("pos_weight",  # no clamp: an image without edges divides by zero, a dense one goes below 1
          "def pos_weight(edges):\n"
          "    pos = int(edges.sum())\n"
