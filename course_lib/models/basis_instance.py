@@ -172,7 +172,7 @@ def decode_centernet(heatmap_logits: torch.Tensor, size: torch.Tensor, offset: t
     scores, flat = peaks.reshape(B, -1).topk(k)
     labels, indices = flat // (h * w) + 1, flat % (h * w)
     gather = lambda m: m.reshape(B, 2, h * w).gather(2, indices[:, None].expand(B, 2, k))  # [B, 2, K]
-    wh, off = gather(size), gather(offset)
+    wh, off = gather(size).clamp(min=0), gather(offset)  # an untrained size head can go negative
     cx = (indices % w).float() + off[:, 0]
     cy = (indices // w).float() + off[:, 1]
     boxes = torch.stack([cx - wh[:, 0] / 2, cy - wh[:, 1] / 2, cx + wh[:, 0] / 2, cy + wh[:, 1] / 2], -1) * stride
@@ -467,7 +467,7 @@ class BasisInstanceNet(nn.Module):
                 params = torch.cat([params, self.boundary_param_out(vec)], 1)
             return torch.tanh(params)
         a = self.attention_size
-        params = params.view(len(vec), -1, a, a)
+        params = params.view(len(vec), params.shape[1] // (a * a), a, a)  # not -1: N may be 0
         if self.boundary_basis:
             params = torch.cat([params, self.boundary_param_out(vec).view(len(vec), 1, a, a)], 1)
         return params
