@@ -79,11 +79,22 @@ def test_targets_put_heatmap_peaks_at_the_centres():
     assert 0 < float(hm[0, 3, 3]) < 1 and float(hm.min()) >= 0
 
 
+def test_targets_from_masks_equal_targets_from_their_boxes():
+    _, target = _touching_discs()
+    from_masks = centernet_targets(target["masks"])
+    from_boxes = centernet_targets(target["boxes"], target["labels"], (SIZE, SIZE))
+    assert all(torch.equal(from_masks[k], from_boxes[k]) for k in from_boxes)
+    # the discs' centres (24, 32) and (41.5, 32) → cells (6, 8) and (10, 8)
+    assert from_masks["centres"].tolist() == [[6, 8], [10, 8]]
+
+
 def test_targets_reject_bad_input():
     with pytest.raises(ValueError, match="x2 ≥ x1"):
         centernet_targets(torch.tensor([[10.0, 10.0, 5.0, 20.0]]), torch.tensor([1]), (32, 32))
     with pytest.raises(ValueError, match="labels must be in 1..1"):
         centernet_targets(torch.tensor([[1.0, 1.0, 5.0, 5.0]]), torch.tensor([0]), (32, 32))
+    with pytest.raises(ValueError, match="image_size"):
+        centernet_targets(torch.tensor([[1.0, 1.0, 5.0, 5.0]]))
 
 
 def test_focal_loss_matches_the_direct_formula():
@@ -210,7 +221,8 @@ def test_boundary_basis_target_is_instance_boundaries():
 @pytest.mark.parametrize("masks,boundary,scoring", CONFIGS)
 def test_output_shapes(masks, boundary, scoring):
     net = BasisInstanceNet(masks=masks, boundary_basis=boundary, mask_scoring=scoring, num_prototypes=8, seed=0)
-    out = net(torch.rand(2, 3, 48, 40))  # not multiples of 32: padded inside, cropped back
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 48, 40))  # not multiples of 32: padded inside, cropped back
     h, w = 12, 10
     assert out["heatmap"].shape == (2, 1, h, w)
     assert out["size"].shape == out["offset"].shape == (2, 2, h, w)
@@ -220,7 +232,8 @@ def test_output_shapes(masks, boundary, scoring):
     assert ("boundary" in out) == boundary and (not boundary or out["boundary"].shape == (2, 1, h, w))
     if masks == "yolact":
         assert float(out["bases"].detach().min()) >= 0  # ReLU prototypes
-    params = net._instance_params(out, torch.tensor([0, 1, 1]), torch.tensor([0, 5, 119]))
+    with torch.no_grad():
+        params = net._instance_params(out, torch.tensor([0, 1, 1]), torch.tensor([0, 5, 119]))
     assert params.shape == ((3, n_bases) if masks == "yolact" else (3, n_bases, 14, 14))
     if masks == "yolact":
         assert float(params.abs().max()) <= 1  # tanh coefficients
@@ -270,7 +283,7 @@ def test_a_few_steps_lower_the_loss_on_two_touching_discs(masks):
         opt.zero_grad()
         total.backward()
         opt.step()
-        totals.append(float(total))
+        totals.append(float(total.detach()))
     assert all(math.isfinite(t) for t in totals)
     assert totals[-1] < 0.8 * totals[0], totals
 
@@ -281,10 +294,10 @@ def test_loss_handles_an_image_without_instances():
              "masks": torch.zeros(0, SIZE, SIZE, dtype=torch.uint8)}
     net = BasisInstanceNet(boundary_basis=True, mask_scoring=True, num_prototypes=4, seed=0)
     losses = net(img, [empty])
-    assert float(losses["mask"]) == 0 and float(losses["boundary"]) > 0
+    assert losses["mask"].item() == 0 and losses["boundary"].item() > 0
     sum(losses.values()).backward()
     losses = net(torch.cat([img, img]), [target, empty])  # mixed batch
-    assert all(math.isfinite(float(v)) for v in losses.values())
+    assert all(math.isfinite(v.item()) for v in losses.values())
     with pytest.raises(ValueError, match="masks must be"):
         net(img, [{**target, "masks": target["masks"][:, :10]}])
 

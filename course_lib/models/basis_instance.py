@@ -80,21 +80,31 @@ def _check_boxes(boxes: torch.Tensor, name: str = "boxes") -> None:
                          f"(XYWH boxes? convert with torchvision.ops.box_convert).")
 
 
-def centernet_targets(boxes: torch.Tensor, labels: torch.Tensor, image_size: tuple[int, int],
-                      num_classes: int = 1, stride: int = STRIDE, min_overlap: float = 0.7) -> dict:
+def centernet_targets(boxes: torch.Tensor, labels: torch.Tensor | None = None,
+                      image_size: tuple[int, int] | None = None, num_classes: int = 1, stride: int = STRIDE,
+                      min_overlap: float = 0.7) -> dict:
     """CenterNet's training targets of one image.
 
-    ``boxes`` float [N, 4] XYXY in pixels (x2, y2 = last pixel, module doc); ``labels`` int64
-    [N] in 1..num_classes (torchvision's convention: 0 would be background); ``image_size``
-    (H, W). The output grid is h × w = ceil(H / stride) × ceil(W / stride).
+    ``boxes`` float [N, 4] XYXY in pixels (x2, y2 = last pixel, module doc), or instance masks
+    bool/uint8 [N, H, W] (their ``masks_to_boxes`` boxes are used, and H, W are the default
+    ``image_size``); ``labels`` int64 [N] in 1..num_classes (torchvision's convention: 0 would
+    be background; default all 1); ``image_size`` (H, W). The output grid is
+    h × w = ceil(H / stride) × ceil(W / stride).
 
     Returns ``heatmap`` float [num_classes, h, w] in [0, 1] (a Gaussian of CenterNet's
     size-dependent radius at each box's centre cell, 1 exactly there, max over overlapping
     Gaussians), ``centres`` int64 [N, 2] (x, y cell of each centre), ``indices`` int64 [N]
     (flat cell index y·w + x), ``offset`` float [N, 2] in [0, 1) (centre / stride − cell) and
     ``size`` float [N, 2] (w, h) / stride, in heatmap cells."""
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    boxes = torch.as_tensor(boxes)
+    if boxes.dim() == 3:  # instance masks
+        image_size = image_size or tuple(boxes.shape[-2:])
+        boxes = masks_to_boxes(boxes) if len(boxes) else torch.zeros(0, 4, device=boxes.device)
+    if image_size is None:
+        raise ValueError("image_size (H, W) is needed with boxes (it is only implied by masks).")
+    boxes = boxes.float()
     _check_boxes(boxes)
+    labels = torch.ones(len(boxes), dtype=torch.int64) if labels is None else labels
     labels = torch.as_tensor(labels, dtype=torch.int64, device=boxes.device)
     if labels.shape != boxes.shape[:1]:
         raise ValueError(f"labels {tuple(labels.shape)} must be [N] for boxes {tuple(boxes.shape)}.")
