@@ -119,20 +119,21 @@ def centernet_targets(boxes: torch.Tensor, labels: torch.Tensor | None = None,
     cell[:, 1].clamp_(0, h - 1)
     size = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1) / stride
     heatmap = torch.zeros(num_classes, h, w, device=boxes.device)
-    ys = torch.arange(h, device=boxes.device, dtype=torch.float32)[:, None]
-    xs = torch.arange(w, device=boxes.device, dtype=torch.float32)[None, :]
-    for i in range(len(boxes)):
-        # CenterNet: radius = max(0, int(r)), sigma = diameter / 6, the Gaussian cut at the radius
-        radius = max(0, int(gaussian_radius(math.ceil(float(size[i, 1])), math.ceil(float(size[i, 0])),
-                                            min_overlap)))
-        sigma = (2 * radius + 1) / 6
-        cx, cy = cell[i].tolist()
-        dx2, dy2 = (xs - cx) ** 2, (ys - cy) ** 2
-        g = torch.exp(-(dx2 + dy2) / (2 * sigma * sigma))
-        g = torch.where((dx2 <= radius ** 2) & (dy2 <= radius ** 2), g, torch.zeros(()))
-        g = torch.where(g < torch.finfo(torch.float32).eps, torch.zeros(()), g)
-        k = int(labels[i]) - 1
-        heatmap[k] = torch.maximum(heatmap[k], g)
+    # CenterNet: radius = max(0, int(r)) of the ceil'ed size, sigma = diameter / 6, the Gaussian
+    # cut to the (2r + 1)² square and below float eps
+    radius = torch.tensor([max(0, int(gaussian_radius(math.ceil(bh), math.ceil(bw), min_overlap)))
+                           for bw, bh in size.tolist()], device=boxes.device, dtype=torch.float32)
+    sigma = (2 * radius + 1) / 6
+    ys = torch.arange(h, device=boxes.device, dtype=torch.float32)
+    xs = torch.arange(w, device=boxes.device, dtype=torch.float32)
+    for s in range(0, len(boxes), 64):  # 64 instances at a time: [64, h, w] floats at most
+        r, sg, c = radius[s:s + 64, None, None], sigma[s:s + 64, None, None], cell[s:s + 64]
+        dx2 = (xs[None, None, :] - c[:, 0, None, None]) ** 2  # [n, 1, w]
+        dy2 = (ys[None, :, None] - c[:, 1, None, None]) ** 2  # [n, h, 1]
+        g = torch.exp(-(dx2 + dy2) / (2 * sg * sg))
+        g = g * ((dx2 <= r * r) & (dy2 <= r * r)) * (g >= torch.finfo(torch.float32).eps)
+        for k in labels[s:s + 64].unique().tolist():
+            heatmap[k - 1] = torch.maximum(heatmap[k - 1], g[labels[s:s + 64] == k].amax(0))
     cell = cell.long()
     return {"heatmap": heatmap, "centres": cell, "indices": cell[:, 1] * w + cell[:, 0],
             "offset": centre - cell.float(), "size": size}
@@ -225,11 +226,25 @@ def roi_basis(bases: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tenso
               stride: int = STRIDE) -> torch.Tensor:
     """The bases inside each box, sampled on a size × size grid: ``bases`` [B, K, h, w] at
     ``stride``, ``boxes`` [N, 4] in image pixels (x2, y2 inclusive), ``batch_index`` int64 [N]
-    → [N, K, size, size] (torchvision ``roi_align``, aligned, 2 × 2 samples per bin). Linear
-    in the bases, so (roi_basis(P)·c) is the box crop of (P·c) resampled: YOLACT's cropped
-    mask on the RoI grid, BlendMask's RoIAligned bases."""
+    → [N, K, size, size] (torchvision ``roi_align``, aligned). One bilinear sample per bin:
+    bins of 28 or 56 per box are about a stride-4 cell or (for nuclei) much less, and
+    roi_align's CPU backward, the costliest op of a training step, scales with the samples.
+    Linear in the bases: roi_basis(P)·c = roi_basis(P·c), YOLACT's cropped mask on the RoI grid."""
     rois = torch.cat([batch_index[:, None].to(bases.dtype), _continuous(boxes).to(bases.dtype)], 1)
-    return roi_align(bases, rois, (size, size), spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True)
+    return roi_align(bases, rois, (size, size), spatial_scale=1.0 / stride, sampling_ratio=1, aligned=True)
+
+
+def roi_sample_nearest(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Each mask at its box's size × size bin centres, nearest pixel: ``masks`` [N, H, W] (any
+    dtype), ``boxes`` [N, 4] (x2, y2 inclusive) → [N, size, size] of the same dtype. The GT
+    masks on the RoI grid, by indexing instead of a float copy of every full-size mask."""
+    n, H, W = masks.shape
+    b = _continuous(boxes.float())
+    t = (torch.arange(size, device=masks.device, dtype=torch.float32) + 0.5) / size  # bin centres in [0, 1]
+    xs = (b[:, 0:1] + t[None] * (b[:, 2:3] - b[:, 0:1])).floor().long().clamp(0, W - 1)  # [N, size]
+    ys = (b[:, 1:2] + t[None] * (b[:, 3:4] - b[:, 1:2])).floor().long().clamp(0, H - 1)
+    idx = torch.arange(n, device=masks.device)[:, None, None]
+    return masks[idx, ys[:, :, None], xs[:, None, :]]
 
 
 def blend(roi_bases: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
@@ -379,7 +394,7 @@ class BasisInstanceNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 1, backbone: str = "resnet10", masks: str = "yolact",
-                 boundary_basis: bool = False, mask_scoring: bool = False, channels: int = 64,
+                 boundary_basis: bool = False, mask_scoring: bool = False, channels: int = 64, head_channels: int = 32,
                  num_prototypes: int = 16, num_bases: int = 4, attention_size: int = 14, blend_size: int = 56,
                  yolact_roi_size: int = 28, score_roi_size: int = 28, top_k: int = 400,
                  max_train_masks: int = 128, loss_weights: dict[str, float] | None = None,
@@ -406,10 +421,12 @@ class BasisInstanceNet(nn.Module):
             self.fusion = _Fusion([self.backbone.channels[s] for s in (4, 8, 16, 32)], channels)
             # CenterNet's heatmap bias −2.19: initial p ≈ 0.1 everywhere, so the many negatives
             # do not swamp the first steps
-            self.heatmap_head = _head(channels, channels, num_classes, bias=-2.19)
-            self.size_head = _head(channels, channels, 2)
-            self.offset_head = _head(channels, channels, 2)
-            self.instance_tower = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels))
+            self.heatmap_head = _head(channels, head_channels, num_classes, bias=-2.19)
+            self.size_head = _head(channels, head_channels, 2)
+            self.offset_head = _head(channels, head_channels, 2)
+            # one 3×3 conv: the instance parameters are read at a handful of cells, the rest of
+            # this map is computed only to be read there
+            self.instance_tower = conv_bn_relu(channels, channels)
             self.basis_tower = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels))
         n_basis = num_prototypes if masks == "yolact" else num_bases
         # per instance: k coefficients or K·A·A attention logits, read at its centre cell
@@ -486,8 +503,15 @@ class BasisInstanceNet(nn.Module):
                          params: torch.Tensor) -> torch.Tensor:
         """Mask logits on each box's RoI grid [N, M, M] (M = 28 YOLACT, 56 BlendMask)."""
         if self.masks == "yolact":
-            rb = roi_basis(outputs["bases"], boxes, batch_index, self.yolact_roi_size)
-            return torch.einsum("nk,nkij->nij", params, rb)
+            # P·c on the stride-4 grid first, then one channel through RoIAlign (linear, so the same
+            # result as combining RoIAligned prototypes, with k + 1 times less RoIAlign backward)
+            bases = outputs["bases"]
+            combined = bases.new_zeros(len(params), *bases.shape[-2:])
+            for b in batch_index.unique().tolist():
+                sel = batch_index == b
+                combined[sel] = torch.einsum("nk,khw->nhw", params[sel], bases[b])
+            own = torch.arange(len(params), device=params.device)
+            return roi_basis(combined[:, None], boxes, own, self.yolact_roi_size)[:, 0]
         rb = roi_basis(outputs["bases"], boxes, batch_index, self.blend_size)
         return blend(rb, params)
 
@@ -598,10 +622,8 @@ class BasisInstanceNet(nn.Module):
 
     @staticmethod
     def _gt_roi_masks(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-        """GT masks uint8 [N, H, W] on each box's RoI grid → float 0/1 [N, size, size] (> 0.5)."""
-        m = masks[:, None].float()
-        rois = torch.cat([torch.arange(len(m), device=m.device, dtype=m.dtype)[:, None], _continuous(boxes)], 1)
-        return (roi_align(m, rois, (size, size), sampling_ratio=2, aligned=True)[:, 0] > 0.5).float()
+        """GT masks uint8 [N, H, W] on each box's RoI grid (nearest) → float 0/1 [N, size, size]."""
+        return (roi_sample_nearest(masks, boxes, size) != 0).float()
 
     # ---------------------------------------------------------------- inference
 
