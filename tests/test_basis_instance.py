@@ -14,7 +14,7 @@ from torchvision.ops import masks_to_boxes
 from course_lib.boundaries import instance_boundaries
 from course_lib.models import (BasisInstanceNet, blend, boundary_score, centernet_focal_loss, centernet_targets,
                                crop_to_boxes, decode_centernet, gaussian_radius, paste_masks, per_instance_boundaries,
-                               yolact_masks)
+                               roi_basis, roi_sample_nearest, yolact_masks)
 
 SIZE = 64
 
@@ -159,6 +159,29 @@ def test_yolact_assembly_equals_a_hand_computation():
     assert torch.allclose(yolact_masks(protos, coeffs)[1, 1, 2], torch.tensor(sig(0.125)))
     with pytest.raises(ValueError, match="coefficients"):
         yolact_masks(protos, torch.ones(2, 3))
+
+
+def test_yolact_roi_masks_are_the_box_crop_of_the_combination():
+    """Combining before RoIAlign (what the model does) = RoIAligning each prototype, then combining."""
+    g = torch.Generator().manual_seed(4)
+    net = BasisInstanceNet(num_prototypes=3, seed=0)
+    bases = torch.rand(2, 3, 8, 8, generator=g)
+    coeffs = torch.rand(3, 3, generator=g) * 2 - 1
+    boxes = torch.tensor([[3.0, 5.0, 20.0, 14.0], [0.0, 0.0, 31.0, 31.0], [10.0, 12.0, 13.0, 17.0]])
+    batch_index = torch.tensor([0, 1, 1])
+    got = net._roi_mask_logits({"bases": bases}, boxes, batch_index, coeffs)
+    want = torch.einsum("nk,nkij->nij", coeffs, roi_basis(bases, boxes, batch_index, 28))
+    assert got.shape == (3, 28, 28) and torch.allclose(got, want, atol=1e-5)
+
+
+def test_gt_roi_masks_sample_the_pixel_under_each_bin_centre():
+    masks = torch.zeros(1, 10, 12, dtype=torch.uint8)
+    masks[0, 2:6, 3:9] = 1
+    masks[0, 2, 3] = 0
+    roi = roi_sample_nearest(masks, torch.tensor([[3.0, 2.0, 8.0, 5.0]]), 12)  # a 6 × 4 box, 12 bins
+    assert roi.dtype == torch.uint8 and roi.shape == (1, 12, 12)
+    want = masks[0, 2:6, 3:9].repeat_interleave(3, 0).repeat_interleave(2, 1)
+    assert torch.equal(roi[0], want)
 
 
 def test_blender_equals_a_hand_computation():
@@ -321,4 +344,29 @@ def test_predict_returns_at_most_top_k_detections_with_masks_in_0_1(masks, bound
         assert not r["masks"][outside].any()
         if scoring:
             assert torch.allclose(r["scores"], r["centre_scores"] * r["mask_iou"] * r["boundary_score"])
+        if masks == "yolact":
+            assert r["coefficients"].shape == (n, 4 + boundary)
+        else:
+            assert r["attention"].shape == (n, 4 + boundary, 14, 14)
     assert len(net.predict(img, score_threshold=1.0)[0]["scores"]) == 0
+
+
+def test_on_a_real_nuclei_crop():
+    """DSB2018 through the course's dataset (tv_tensors targets as they come), a 64 × 64 crop."""
+    from course_lib.data import Nuclei
+    from course_lib.data.instances import instance_target
+
+    from .conftest import require_dataset
+
+    require_dataset("nuclei")
+    image, target = Nuclei("train")[0]
+    ids = torch.zeros(target["masks"].shape[-2:], dtype=torch.int64)
+    for i, m in enumerate(target["masks"]):
+        ids[m.bool()] = i + 1
+    crop = instance_target(ids[:SIZE, :SIZE])  # instances cut by the crop keep their visible part
+    assert len(crop["boxes"]) > 0
+    net = BasisInstanceNet(boundary_basis=True, mask_scoring=True, num_prototypes=4, seed=0)
+    t = net.build_targets([crop], (SIZE, SIZE))
+    assert torch.equal(t["boundary"][0, 0], instance_boundaries(crop["masks"]))
+    losses = net(image[None, :, :SIZE, :SIZE], [crop])
+    assert all(math.isfinite(v.item()) for v in losses.values())

@@ -391,6 +391,15 @@ class BasisInstanceNet(nn.Module):
     ``seed``; each optional part (the mask branch's outputs, the boundary basis, the scoring
     head) under its own seed derived from it. So arms of the ablation built with the same seed
     start from the same shared weights, and the caller's RNG is left untouched.
+
+    Other parameters: ``backbone`` "resnet10" | "resnet18" | "resnet34" (from scratch unless
+    ``pretrained_backbone``); ``channels`` of the fused stride-4 map, the towers and the bases'
+    inputs; ``head_channels``: hidden width of the heatmap/size/offset heads;
+    ``num_prototypes`` k (YOLACT), ``num_bases`` K (BlendMask), ``attention_size`` (14) and
+    ``blend_size`` (56, BlendMask's RoI); ``yolact_roi_size``: the RoI grid of YOLACT's mask
+    loss; ``score_roi_size``: the scoring head's input size; ``top_k``: detections kept by
+    :meth:`predict`; ``max_train_masks``: instances per image that get a mask loss (the first
+    ones); ``loss_weights``: overrides of ``DEFAULT_LOSS_WEIGHTS``.
     """
 
     def __init__(self, num_classes: int = 1, backbone: str = "resnet10", masks: str = "yolact",
@@ -633,7 +642,9 @@ class BasisInstanceNet(nn.Module):
         """Detections per image (eval mode inside, restored after): ``boxes`` float [N, 4] (x2, y2
         inclusive, clamped to the image), ``labels`` int64 [N], ``scores`` [N] (centre confidence,
         × predicted IoU × predicted S_boundary with mask scoring), ``centre_scores`` [N],
-        ``masks`` float [N, H, W] in [0, 1] (0 outside the box); with mask scoring also
+        ``masks`` float [N, H, W] in [0, 1] (0 outside the box), the instance parameters
+        (``coefficients`` [N, k(+1)] in [−1, 1] for YOLACT, ``attention`` logits [N, K(+1), 14, 14]
+        for BlendMask; the bases are ``self(images)["bases"]``); with mask scoring also
         ``mask_iou`` and ``boundary_score`` [N]. N ≤ ``top_k`` (default the model's, 400): the
         3 × 3 peaks of the heatmap whose centre confidence exceeds ``score_threshold``, sorted
         by ``scores``."""
@@ -659,7 +670,7 @@ class BasisInstanceNet(nn.Module):
                 else:
                     masks = paste_masks(self._roi_mask_logits(out, boxes, bi, params).sigmoid(), boxes, (H, W))
                 r = {"boxes": boxes, "labels": det["labels"][b][keep], "scores": scores, "centre_scores": scores,
-                     "masks": masks}
+                     "masks": masks, "coefficients" if self.masks == "yolact" else "attention": params}
                 if self.mask_scoring:
                     roi_probs = self._roi_mask_logits(out, boxes, bi, params).sigmoid()
                     iou_hat, sb_hat = self.scoring_head(*self._score_inputs(out, roi_probs, boxes, bi))
@@ -667,7 +678,8 @@ class BasisInstanceNet(nn.Module):
                     # B2Inst's boundary quality
                     r.update(scores=scores * iou_hat * sb_hat, mask_iou=iou_hat, boundary_score=sb_hat)
                 order = r["scores"].argsort(descending=True)
-                results.append({k: v[order] for k, v in r.items()})
+                # float32 out, also under bf16 autocast: metrics and plots expect it
+                results.append({k: (v[order].float() if v.is_floating_point() else v[order]) for k, v in r.items()})
             return results
         finally:
             self.train(was_training)
