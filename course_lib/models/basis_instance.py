@@ -663,16 +663,20 @@ class BasisInstanceNet(nn.Module):
                 cells = det["indices"][b][keep]
                 bi = torch.full_like(cells, b)
                 params = self._instance_params(out, bi, cells)
+                roi_probs = None
                 if self.masks == "yolact":
+                    # the prototypes at full resolution (bilinear, the same field RoIAlign samples in training)
                     protos = F.interpolate(out["bases"][b:b + 1], size=(H, W), mode="bilinear",
                                            align_corners=False)[0]
                     masks = yolact_masks(protos, params, boxes)
                 else:
-                    masks = paste_masks(self._roi_mask_logits(out, boxes, bi, params).sigmoid(), boxes, (H, W))
+                    roi_probs = self._roi_mask_logits(out, boxes, bi, params).sigmoid()
+                    masks = paste_masks(roi_probs, boxes, (H, W))
                 r = {"boxes": boxes, "labels": det["labels"][b][keep], "scores": scores, "centre_scores": scores,
                      "masks": masks, "coefficients" if self.masks == "yolact" else "attention": params}
                 if self.mask_scoring:
-                    roi_probs = self._roi_mask_logits(out, boxes, bi, params).sigmoid()
+                    if roi_probs is None:
+                        roi_probs = self._roi_mask_logits(out, boxes, bi, params).sigmoid()
                     iou_hat, sb_hat = self.scoring_head(*self._score_inputs(out, roi_probs, boxes, bi))
                     # Mask Scoring R-CNN's convention (score = class score × predicted IoU), extended by
                     # B2Inst's boundary quality
