@@ -370,3 +370,18 @@ def test_on_a_real_nuclei_crop():
     assert torch.equal(t["boundary"][0, 0], instance_boundaries(crop["masks"]))
     losses = net(image[None, :, :SIZE, :SIZE], [crop])
     assert all(math.isfinite(v.item()) for v in losses.values())
+
+
+def test_images_as_a_list_or_uint8_and_bad_images():
+    net = BasisInstanceNet(num_prototypes=4, seed=0).eval()
+    img = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        a = net(img)["heatmap"]
+        b = net([im.float() / 255 for im in img])["heatmap"]
+    assert torch.allclose(a, b)
+    with pytest.raises(ValueError, match="same size"):
+        net([torch.rand(3, 32, 32), torch.rand(3, 32, 40)])
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        net(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="targets for a batch"):
+        net(img, [])
