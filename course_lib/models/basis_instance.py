@@ -368,7 +368,8 @@ class MaskScoringHead(nn.Module):
             nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 2))
 
-    def forward(self, mask: torch.Tensor, boundary: torch.Tensor, roi_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, mask: torch.Tensor, boundary: torch.Tensor,
+                roi_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.body(torch.cat([mask[:, None], boundary[:, None], roi_features], 1)).sigmoid()
         return out[:, 0], out[:, 1]
 
@@ -419,7 +420,8 @@ class BasisInstanceNet(nn.Module):
         self.num_classes, self.masks, self.top_k = num_classes, masks, top_k
         self.boundary_basis, self.mask_scoring = boundary_basis, mask_scoring
         self.attention_size, self.blend_size = attention_size, blend_size
-        self.yolact_roi_size, self.score_roi_size, self.max_train_masks = yolact_roi_size, score_roi_size, max_train_masks
+        self.yolact_roi_size, self.score_roi_size = yolact_roi_size, score_roi_size
+        self.max_train_masks = max_train_masks
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -461,7 +463,8 @@ class BasisInstanceNet(nn.Module):
                                  f"(e.g. random 256 × 256 crops).")
             images = torch.stack(list(images))
         if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W] (RGB; repeat a gray channel 3×), got {tuple(images.shape)}.")
+            raise ValueError(f"images must be [B, 3, H, W] (RGB; repeat a gray channel 3×), got "
+                             f"{tuple(images.shape)}.")
         if not images.is_floating_point():
             images = images.float() / 255
         return images
@@ -604,7 +607,8 @@ class BasisInstanceNet(nn.Module):
             params = self._instance_params(outputs, bi_m, cells_m)
             logits = self._roi_mask_logits(outputs, boxes_m, bi_m, params)
             gt = self._gt_roi_masks(t["masks"][keep], boxes_m, logits.shape[-1])
-            losses["mask"] = F.binary_cross_entropy_with_logits(logits.float(), gt, reduction="none").mean((1, 2)).mean()
+            bce = F.binary_cross_entropy_with_logits(logits.float(), gt, reduction="none")
+            losses["mask"] = bce.mean((1, 2)).mean()
         else:
             losses["mask"] = zero
         if self.boundary_basis:
