@@ -14,7 +14,7 @@ from torchvision.ops import masks_to_boxes
 from course_lib.boundaries import instance_boundaries
 from course_lib.models import (BasisInstanceNet, blend, boundary_score, centernet_focal_loss, centernet_targets,
                                crop_to_boxes, decode_centernet, gaussian_radius, paste_masks, per_instance_boundaries,
-                               roi_basis, roi_sample_nearest, yolact_masks)
+                               resample_roi, roi_basis, roi_sample_nearest, yolact_masks)
 
 SIZE = 64
 
@@ -184,6 +184,19 @@ def test_gt_roi_masks_sample_the_pixel_under_each_bin_centre():
     assert torch.equal(roi[0], want)
 
 
+def test_resample_roi_is_exact_on_its_own_grid_and_crops_to_the_from_box():
+    g = torch.Generator().manual_seed(5)
+    roi = torch.rand(2, 6, 6, generator=g)
+    boxes = torch.tensor([[3.0, 4.0, 14.0, 9.0], [0.0, 0.0, 5.0, 5.0]])
+    assert torch.allclose(resample_roi(roi, boxes, boxes, 6), roi, atol=1e-6)
+    # a full mask on box [4, 4, 7, 7] (pixels 4..7), seen on the grid of [0, 0, 15, 15] (16 px, 8 bins
+    # of 2 px, centres at 1, 3, ..., 15): bins whose centre lies in [4, 8] are 1
+    out = resample_roi(torch.ones(1, 4, 4), torch.tensor([[4.0, 4.0, 7.0, 7.0]]),
+                       torch.tensor([[0.0, 0.0, 15.0, 15.0]]), 8)
+    inside = torch.tensor([0, 0, 1, 1, 0, 0, 0, 0], dtype=torch.float32)
+    assert torch.allclose(out[0], inside[:, None] * inside[None, :])
+
+
 def test_blender_equals_a_hand_computation():
     g = torch.Generator().manual_seed(2)
     bases = torch.randn(1, 3, 4, 4, generator=g)
@@ -309,6 +322,25 @@ def test_a_few_steps_lower_the_loss_on_two_touching_discs(masks):
         totals.append(float(total.detach()))
     assert all(math.isfinite(t) for t in totals)
     assert totals[-1] < 0.8 * totals[0], totals
+
+
+def test_scoring_boxes_at_the_centres_are_the_decoded_boxes():
+    img, target = _touching_discs()
+    net = BasisInstanceNet(mask_scoring=True, num_prototypes=4, seed=0)
+    with torch.no_grad():
+        out = net(img)
+        cells = centernet_targets(target["masks"])["indices"]
+        det = decode_centernet(out["heatmap"], out["size"], out["offset"], top_k=256)
+        order = det["indices"][0].argsort()
+        decoded = det["boxes"][0][order][cells]  # every cell is among the top 256 of a 16 × 16 map
+        got = net._boxes_at(out, torch.zeros_like(cells), cells)
+    assert torch.allclose(got, decoded.clamp(0, SIZE - 1), atol=1e-5)
+    for boxes in ("gt", "predicted"):
+        net = BasisInstanceNet(mask_scoring=True, num_prototypes=4, score_train_boxes=boxes, seed=0)
+        losses = net(img, [target])
+        assert 0 <= losses["mask_iou"].item() <= 1 and 0 <= losses["boundary_score"].item() <= 1
+    with pytest.raises(ValueError, match="score_train_boxes"):
+        BasisInstanceNet(score_train_boxes="proposals")
 
 
 def test_loss_handles_an_image_without_instances():

@@ -281,6 +281,30 @@ def paste_masks(roi_masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[
     return out
 
 
+def resample_roi(roi_masks: torch.Tensor, from_boxes: torch.Tensor, to_boxes: torch.Tensor,
+                 size: int) -> torch.Tensor:
+    """Masks given on each ``from_boxes`` RoI grid [N, M, M], sampled (bilinear) at the bin
+    centres of the size × size grid of ``to_boxes`` [N, 4] (both x2, y2 inclusive) → [N, size,
+    size], 0 where a bin centre lies outside the from-box (the mask is cropped to its box)."""
+    n = len(roi_masks)
+    fb, tb = _continuous(from_boxes.float()), _continuous(to_boxes.float())
+    t = (torch.arange(size, device=roi_masks.device, dtype=torch.float32) + 0.5) / size
+    xs = tb[:, 0:1] + t[None] * (tb[:, 2:3] - tb[:, 0:1])  # bin centres, image coordinates [N, size]
+    ys = tb[:, 1:2] + t[None] * (tb[:, 3:4] - tb[:, 1:2])
+    gx = 2 * (xs - fb[:, 0:1]) / (fb[:, 2:3] - fb[:, 0:1]).clamp(min=1e-6) - 1  # [−1, 1] across the from-box
+    gy = 2 * (ys - fb[:, 1:2]) / (fb[:, 3:4] - fb[:, 1:2]).clamp(min=1e-6) - 1
+    grid = torch.stack([gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)], -1)
+    out = F.grid_sample(roi_masks[:, None].float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)[:, 0]
+    return out * ((gy.abs() <= 1)[:, :, None] & (gx.abs() <= 1)[:, None, :])
+
+
+def _clamp_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    H, W = image_size
+    return torch.stack([boxes[:, 0].clamp(0, W - 1), boxes[:, 1].clamp(0, H - 1),
+                        boxes[:, 2].clamp(0, W - 1), boxes[:, 3].clamp(0, H - 1)], 1)
+
+
 # ------------------------------------------------------------------------------ B2Inst
 
 def boundary_score(pred_boundary: torch.Tensor, gt_boundary: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -400,18 +424,25 @@ class BasisInstanceNet(nn.Module):
     ``blend_size`` (56, BlendMask's RoI); ``yolact_roi_size``: the RoI grid of YOLACT's mask
     loss; ``score_roi_size``: the scoring head's input size; ``top_k``: detections kept by
     :meth:`predict`; ``max_train_masks``: instances per image that get a mask loss (the first
-    ones); ``loss_weights``: overrides of ``DEFAULT_LOSS_WEIGHTS``.
+    ones); ``score_train_boxes``: the boxes the scoring head learns on, "predicted" (the box
+    decoded at each GT centre cell, as the head sees boxes at test time, so a badly placed box
+    teaches a low IoU; Mask Scoring R-CNN likewise trains on proposals) or "gt" (the GT box the
+    mask loss uses); ``loss_weights``: overrides of ``DEFAULT_LOSS_WEIGHTS``.
     """
 
     def __init__(self, num_classes: int = 1, backbone: str = "resnet10", masks: str = "yolact",
                  boundary_basis: bool = False, mask_scoring: bool = False, channels: int = 64, head_channels: int = 32,
                  num_prototypes: int = 16, num_bases: int = 4, attention_size: int = 14, blend_size: int = 56,
                  yolact_roi_size: int = 28, score_roi_size: int = 28, top_k: int = 400,
-                 max_train_masks: int = 128, loss_weights: dict[str, float] | None = None,
+                 max_train_masks: int = 128, score_train_boxes: str = "predicted",
+                 loss_weights: dict[str, float] | None = None,
                  seed: int | None = None, pretrained_backbone: bool = False):
         super().__init__()
         if masks not in ("yolact", "blendmask"):
             raise ValueError(f"masks must be 'yolact' or 'blendmask', got {masks!r}.")
+        if score_train_boxes not in ("predicted", "gt"):
+            raise ValueError(f"score_train_boxes must be 'predicted' or 'gt', got {score_train_boxes!r}.")
+        self.score_train_boxes = score_train_boxes
         if num_classes < 1:
             raise ValueError(f"num_classes must be ≥ 1 (foreground classes; 1 for nuclei), got {num_classes}.")
         unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
@@ -527,6 +558,16 @@ class BasisInstanceNet(nn.Module):
         rb = roi_basis(outputs["bases"], boxes, batch_index, self.blend_size)
         return blend(rb, params)
 
+    def _boxes_at(self, outputs: dict, batch_index: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The boxes predicted at given cells [N] (detached, clamped to the image) → [N, 4]:
+        what :func:`decode_centernet` gives there."""
+        w = outputs["size"].shape[-1]
+        wh = outputs["size"].detach().flatten(2)[batch_index, :, cells].float().clamp(min=0)  # [N, 2]
+        off = outputs["offset"].detach().flatten(2)[batch_index, :, cells].float()
+        cx, cy = (cells % w).float() + off[:, 0], (cells // w).float() + off[:, 1]
+        boxes = torch.stack([cx - wh[:, 0] / 2, cy - wh[:, 1] / 2, cx + wh[:, 0] / 2, cy + wh[:, 1] / 2], 1) * STRIDE
+        return _clamp_boxes(boxes, outputs["image_size"])
+
     def _score_inputs(self, outputs: dict, mask_probs: torch.Tensor, boxes: torch.Tensor,
                       batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scoring-head inputs at S × S: mask probs [N, S, S], the boundary of mask > 0.5
@@ -583,8 +624,10 @@ class BasisInstanceNet(nn.Module):
         """Weighted loss terms (``loss_weights``), sum them for the total: ``heatmap`` (focal),
         ``size`` (L1, cells), ``offset`` (L1), ``mask`` (per instance the mean BCE over its box,
         i.e. YOLACT's sum in the box ÷ box area, then the mean over instances), ``boundary``
-        (BCE + Dice, boundary basis only), ``mask_iou`` and ``boundary_score`` (L2, scoring only).
-        Masks are predicted in the GT boxes from the parameters at the GT centre cells."""
+        (BCE + Dice, boundary basis only), ``mask_iou`` and ``boundary_score`` (L2, scoring only:
+        against the IoU and S_boundary of the binarised mask in its scored box with the GT mask,
+        both on a grid over the union of that box and the GT box). Masks are predicted in the GT
+        boxes from the parameters at the GT centre cells."""
         H, W = outputs["image_size"]
         if len(targets) != outputs["heatmap"].shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {outputs['heatmap'].shape[0]} images.")
@@ -618,14 +661,25 @@ class BasisInstanceNet(nn.Module):
                 _binary_dice_loss(logits_b, target_b)
         if self.mask_scoring:
             if len(bi_m):
-                probs = logits.sigmoid()
-                m, pred_b, roi_feats = self._score_inputs(outputs, probs, boxes_m, bi_m)
-                gt_s = self._gt_roi_masks(t["masks"][keep], boxes_m, self.score_roi_size) > 0.5
-                pred_bin = m > 0.5
+                if self.score_train_boxes == "gt":
+                    score_boxes, probs = boxes_m, logits.sigmoid()
+                else:  # as at test time: the box predicted at the centre cell, the mask cropped to it
+                    score_boxes = self._boxes_at(outputs, bi_m, cells_m)
+                    with torch.no_grad():
+                        probs = self._roi_mask_logits(outputs, score_boxes, bi_m, params).sigmoid()
+                m, pred_b, roi_feats = self._score_inputs(outputs, probs, score_boxes, bi_m)
+                # the true quality on a grid over the union of the scored box and the GT box, so that
+                # neither mask is cut (the predicted one is 0 outside its box, the GT one outside its own)
+                s = self.score_roi_size
+                union_boxes = torch.cat([torch.minimum(score_boxes[:, :2], boxes_m[:, :2]),
+                                         torch.maximum(score_boxes[:, 2:], boxes_m[:, 2:])], 1)
+                gt_s = self._gt_roi_masks(t["masks"][keep], union_boxes, s) > 0.5
+                pred_bin = resample_roi(m, score_boxes, union_boxes, s) > 0.5
                 inter = (pred_bin & gt_s).sum((1, 2)).float()
                 union = (pred_bin | gt_s).sum((1, 2)).float()
                 true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-                true_sb = boundary_score(pred_b, per_instance_boundaries(gt_s).float())
+                true_sb = boundary_score(per_instance_boundaries(pred_bin).float(),
+                                         per_instance_boundaries(gt_s).float())
                 iou_hat, sb_hat = self.scoring_head(m, pred_b, roi_feats)
                 losses["mask_iou"] = F.mse_loss(iou_hat, true_iou)
                 losses["boundary_score"] = F.mse_loss(sb_hat, true_sb)
@@ -662,8 +716,7 @@ class BasisInstanceNet(nn.Module):
             for b in range(out["heatmap"].shape[0]):
                 keep = det["scores"][b] > score_threshold
                 boxes, scores = det["boxes"][b][keep], det["scores"][b][keep]
-                boxes = torch.stack([boxes[:, 0].clamp(0, W - 1), boxes[:, 1].clamp(0, H - 1),
-                                     boxes[:, 2].clamp(0, W - 1), boxes[:, 3].clamp(0, H - 1)], 1)
+                boxes = _clamp_boxes(boxes, (H, W))
                 cells = det["indices"][b][keep]
                 bi = torch.full_like(cells, b)
                 params = self._instance_params(out, bi, cells)
