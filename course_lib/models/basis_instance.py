@@ -16,10 +16,17 @@ enough to train on a 2-core CPU (notebook 11, DSB2018 nuclei).
   * ``boundary_basis``: one more basis, supervised (BCE + Dice, 1:1) by the image-level
     boundary map of all instances (:func:`course_lib.boundaries.instance_boundaries`); its
     probability map joins the prototypes/bases, with its own coefficient/attention.
-  * ``mask_scoring``: a head that reads [predicted mask, its boundary, RoI features] at 28 × 28
-    and predicts the mask IoU and the boundary score S_boundary (:func:`boundary_score`)
-    of the mask with its ground truth (L2 loss); the detection score becomes
-    centre confidence × predicted IoU × predicted S_boundary.
+  * ``mask_scoring``: a head that reads [predicted mask, its boundary (the Laplacian boundary
+    of mask > 0.5, :func:`per_instance_boundaries`), RoI features] at 28 × 28 and predicts the
+    mask IoU and the boundary score S_boundary (:func:`boundary_score`) of the mask with its
+    ground truth (L2 loss); the detection score becomes centre confidence × predicted IoU ×
+    predicted S_boundary: Mask Scoring R-CNN's class score × predicted IoU, with B2Inst's
+    boundary quality as one more factor (the notes' inference formula is an image we could
+    not read; a product keeps "any factor low → low score").
+
+In training, masks are predicted inside the GT boxes on a fixed RoI grid (YOLACT: 28 × 28 of
+P·c; BlendMask: 56 × 56), so the mean BCE over the grid is YOLACT's BCE summed in the box ÷
+box area; at test YOLACT's masks are assembled at full resolution and cropped to the box.
 
 Boxes follow the course's datasets (torchvision ``masks_to_boxes``): XYXY in pixels, where
 x2, y2 are the index of the last pixel of the object, so the object covers the pixels
