@@ -1,6 +1,10 @@
-"""Models built in the notebooks: sliding-window patch classifier, FCN, U-Net, SegNet, DeepLab v1-v3+."""
+"""Models built in the notebooks: sliding-window patch classifier, FCN, U-Net, SegNet, DeepLab v1-v3+,
+basis-based instance segmentation (CenterNet + YOLACT / BlendMask + B2Inst)."""
 
 from .backbones import ResNetFeatures
+from .basis_instance import (BasisInstanceNet, MaskScoringHead, blend, boundary_score, centernet_focal_loss,
+                             centernet_targets, crop_to_boxes, decode_centernet, gaussian_radius, paste_masks,
+                             per_instance_boundaries, resample_roi, roi_basis, roi_sample_nearest, yolact_masks)
 from .common import PadToMultiple, count_parameters, pad_to_multiple, smp_model
 from .deeplab import DeepLab
 from .fcn import FCN
@@ -12,4 +16,7 @@ from .upsampling import bilinear_kernel, bilinear_upsampler
 
 __all__ = ["ResNetFeatures", "PadToMultiple", "count_parameters", "pad_to_multiple", "smp_model", "DeepLab", "FCN", "PatchClassifier",
            "convolutionalize", "dense_logits", "extract_patches", "pad_for_centres", "SegNet", "UNet",
-           "bilinear_kernel", "bilinear_upsampler", "PretrainedWeightsError"]
+           "bilinear_kernel", "bilinear_upsampler", "PretrainedWeightsError",
+           "BasisInstanceNet", "MaskScoringHead", "blend", "boundary_score", "centernet_focal_loss",
+           "centernet_targets", "crop_to_boxes", "decode_centernet", "gaussian_radius", "paste_masks",
+           "per_instance_boundaries", "resample_roi", "roi_basis", "roi_sample_nearest", "yolact_masks"]
