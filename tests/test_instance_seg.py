@@ -26,6 +26,7 @@ from course_lib.instance_metrics import dsb_score
 from course_lib.models import UNet, mask_rcnn
 from course_lib.watershed import SemanticInstances, three_class_target, watershed_instances
 from tests.conftest import require_dataset
+from tests.test_pretrained import hub, server, serve_as_resnet18, weights  # noqa: F401 (fixtures)
 
 CPU = torch.device("cpu")
 
@@ -124,6 +125,20 @@ def test_mask_rcnn_refuses_what_cannot_work():
         mask_rcnn(min_size=256)
     with pytest.raises(ValueError, match="one size per FPN level"):
         mask_rcnn(anchor_sizes=(8, 16, 32))
+
+
+def test_mask_rcnn_pretrained_goes_through_the_course_weights(hub, server, weights, monkeypatch):  # noqa: F811
+    base, www, requested = server
+    state, data, prefix = weights
+    name = f"resnet18-{prefix}.pth"
+    (www / name).write_bytes(data)
+    serve_as_resnet18(monkeypatch, base, name)  # a local server: no internet
+    model = mask_rcnn(norm="batch", pretrained=True)
+    body = model.backbone.body
+    assert requested == [f"/{name}"] and (hub / name).exists()
+    assert torch.equal(body.conv1.weight, state["conv1.weight"])
+    assert torch.equal(body.layer3[1].bn2.running_var, state["layer3.1.bn2.running_var"])
+    assert isinstance(body.bn1, nn.BatchNorm2d) and all(p.requires_grad for p in model.parameters())
 
 
 def test_mask_rcnn_detections_per_img_is_honoured():
