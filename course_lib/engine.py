@@ -423,6 +423,58 @@ def _check_checkpoint_writable(checkpoint: str | Path | None) -> None:
                       f"directory).") from e
 
 
+def resume_checkpoint(checkpoint: str | Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      scheduler: LRScheduler | None, wanted: dict, device: torch.device, epochs: int,
+                      verbose: bool = True) -> tuple[History, int, bool]:
+    """What a training loop starts from, given its ``checkpoint`` path (or None) and the
+    configuration ``wanted`` (:func:`run_config`): (history, first epoch, complete).
+
+    No checkpoint file: (empty History, 0, False). A checkpoint with another configuration
+    raises :class:`CheckpointMismatchError` listing the differences. A complete one: its weights
+    are loaded into ``model``, a line says so (and :data:`LOADED` records it), and complete is
+    True: the caller returns without training. An incomplete one: model, optimizer and
+    scheduler are restored and training resumes after its last epoch."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return History(), 0, False
+    main = distributed.is_main()
+    state = load_checkpoint(checkpoint, device)
+    if isinstance(state, dict) and "model" in state and "history" in state:
+        diff = _config_diff(state.get("config") or {}, wanted)
+        if diff:
+            raise CheckpointMismatchError(
+                f"Checkpoint {checkpoint} was trained with another configuration:\n  " + "\n  ".join(diff)
+                + "\nIt is not reused. Delete it (or pass another checkpoint path) to train with the new "
+                  "settings, or restore the old settings to load it.")
+    _restore_model(model, state, checkpoint)
+    history = History.from_dict(state["history"])
+    if state.get("complete"):
+        # said even when not verbose: a loaded model must not pass for one trained just now
+        meta = history.meta
+        if main:
+            print(f"Loaded trained weights from {Path(checkpoint).name}: {len(history)} epochs, "
+                  f"{history.train_time_s:.0f} s of training on {meta.get('device', '?')} "
+                  f"({meta.get('precision', '?')}, finished {meta.get('finished', '?')}); delete it to retrain.")
+        LOADED.append((str(checkpoint), history.train_time_s))
+        return history, len(history), True
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    start_epoch = state["epoch"]
+    if verbose and main:
+        print(f"Resuming from {checkpoint} at epoch {start_epoch}/{epochs}.")
+    return history, start_epoch, False
+
+
+def save_epoch(checkpoint: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: LRScheduler | None, epoch: int, history: History, complete: bool, wanted: dict) -> None:
+    """Write the state after ``epoch`` (1-based) with :func:`save_checkpoint` (atomic), marked
+    ``complete`` or not, with the run's configuration ``wanted``; :data:`SAVED` records it."""
+    save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict() if scheduler is not None else {},
+                    epoch=epoch, history=history.to_dict(), complete=complete, config=wanted)
+    SAVED.append(str(checkpoint))
+
+
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *, num_classes: int,
         device: torch.device, epochs: int, optimizer: torch.optim.Optimizer,
         loss_fn: Callable | None = None, schedule: str = "poly", checkpoint: str | Path | None = None,
@@ -461,33 +513,10 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
     train_loader = distributed.train_loader(train_loader)  # type: ignore[arg-type]
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     scheduler = make_scheduler(optimizer, schedule, epochs * steps_per_epoch)
-    history, start_epoch = History(), 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, device)
-        if isinstance(state, dict) and "model" in state and "history" in state:
-            diff = _config_diff(state.get("config") or {}, wanted)
-            if diff:
-                raise CheckpointMismatchError(
-                    f"Checkpoint {checkpoint} was trained with another configuration:\n  " + "\n  ".join(diff)
-                    + "\nIt is not reused. Delete it (or pass another checkpoint path) to train with the new "
-                      "settings, or restore the old settings to load it.")
-        _restore_model(model, state, checkpoint)
-        history = History.from_dict(state["history"])
-        if state.get("complete"):
-            # said even when not verbose: a loaded model must not pass for one trained just now
-            meta = history.meta
-            if main:
-                print(f"Loaded trained weights from {Path(checkpoint).name}: {len(history)} epochs, "
-                      f"{history.train_time_s:.0f} s of training on {meta.get('device', '?')} "
-                      f"({meta.get('precision', '?')}, finished {meta.get('finished', '?')}); delete it to retrain.")
-            LOADED.append((str(checkpoint), history.train_time_s))
-            return history
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"]
-        if verbose and main:
-            print(f"Resuming from {checkpoint} at epoch {start_epoch}/{epochs}.")
+    history, start_epoch, complete = resume_checkpoint(checkpoint, model, optimizer, scheduler, wanted, device,
+                                                       epochs, verbose)
+    if complete:
+        return history
     history.meta.update(device=device_name(device), precision=precision)
     net = model
     if distributed.active() and not isinstance(model, DistributedDataParallel):
@@ -520,10 +549,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
         if done:
             history.meta["finished"] = datetime.datetime.now().isoformat(timespec="minutes")
         if checkpoint is not None and main:
-            save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict() if scheduler is not None else {},
-                            epoch=epoch + 1, history=history.to_dict(), complete=done, config=wanted)
-            SAVED.append(str(checkpoint))
+            save_epoch(checkpoint, model, optimizer, scheduler, epoch + 1, history, done, wanted)
         if out_of_time:
             if verbose and main:
                 print(f"Time budget of {time_budget_s:.0f} s reached after epoch {epoch + 1}.")

@@ -42,6 +42,8 @@ class Profile:
     (each sets its own in its ``CFG``).
     ``max_train_items`` / ``max_eval_items`` cap dataset subsets (``None`` = all).
     ``width`` scales the channel widths of the course's from-scratch models.
+    ``detection_crop`` / ``detection_batch_size``: the random crops (H, W) and batch size that
+    instance-segmentation models (notebook 10, nuclei at their own scale) train on.
     """
 
     name: str
@@ -52,6 +54,8 @@ class Profile:
     batch_size: int
     width: int
     num_workers: int
+    detection_crop: tuple[int, int] = (256, 256)
+    detection_batch_size: int = 4
 
     def subset(self, n: int, train: bool = True) -> int:
         """How many of ``n`` items this profile uses (train or eval subset)."""
@@ -63,14 +67,18 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", camvid_size=(96, 128), crop_size=(64, 96), max_train_items=8,
         max_eval_items=4, batch_size=4, width=8, num_workers=0,
+        detection_crop=(128, 128), detection_batch_size=2,
     ),
     "cpu": Profile(
         name="cpu", camvid_size=(176, 240), crop_size=(128, 176), max_train_items=None,
         max_eval_items=None, batch_size=8, width=32, num_workers=0,
+        detection_crop=(256, 256), detection_batch_size=4,
     ),
     "gpu": Profile(
         name="gpu", camvid_size=(360, 480), crop_size=(256, 352), max_train_items=None,
         max_eval_items=None, batch_size=16, width=64, num_workers=8,
+        # half the nuclei images are 256 × 256: a larger crop would be mostly padding
+        detection_crop=(256, 256), detection_batch_size=16,
     ),
 }
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .cache import InMemory
 from .camvid import CamVid
+from .detection import collate_detection, detection_transforms
 from .download import (ChecksumError, DatasetNotFoundError, DownloadError, dataset_dir, download_file, fetch,
                        load_manifest, safe_extract, sha256sum)
 from .instances import Nuclei, PennFudan, TinyCOCO, instance_target, seeded_split, voc_segmentation
@@ -23,6 +24,7 @@ __all__ = [
     "load_manifest", "safe_extract", "sha256sum", "instance_target", "seeded_split",
     "train_transforms", "eval_transforms", "to_model_input", "denormalize",
     "semantic_dataset", "dataset_status", "semantic_loaders", "SemanticLoaders",
+    "detection_transforms", "collate_detection",
 ]
 
 

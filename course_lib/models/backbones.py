@@ -13,10 +13,10 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from .pretrained import load_imagenet_weights, weights_url
 
-_BUILDERS = {
-    "resnet10": lambda: ResNet(BasicBlock, [1, 1, 1, 1]),  # one block per stage: the cpu profile's backbone
-    "resnet18": lambda: resnet18(weights=None),
-    "resnet34": lambda: resnet34(weights=None),
+_BUILDERS = {  # name → builder(**ResNet keyword arguments, e.g. norm_layer) of a randomly initialised ResNet
+    "resnet10": lambda **kw: ResNet(BasicBlock, [1, 1, 1, 1], **kw),  # one block per stage: the cpu profile's backbone
+    "resnet18": lambda **kw: resnet18(weights=None, **kw),
+    "resnet34": lambda **kw: resnet34(weights=None, **kw),
 }
 OUTPUT_STRIDES = (8, 16, 32)
 
