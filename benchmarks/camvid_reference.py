@@ -40,7 +40,7 @@ from course_lib.losses import CEDiceLoss, DiceLoss
 from course_lib.models import FCN, DeepLab, SegNet, UNet, count_parameters, smp_model
 from course_lib.models.sbcb import SBCB, SBCBLoss
 from course_lib.models.deeplab import scaled_rates
-from course_lib.results import load_results, provenance, record_run, summarize
+from course_lib.results import add_reference_arguments, provenance, record_run, recorded_runs, run_pending, summarize
 from course_lib.runtime import REPO_ROOT, get_device, get_precision, get_profile, seed_everything
 
 
@@ -166,9 +166,8 @@ def run_one(arm: str, seed: int, args, prof, device, precision, L) -> dict:
 
 
 def print_summary(study: str, root: Path | None = None) -> None:
-    runs = load_results(study, root)["runs"]
+    runs = recorded_runs(study, root)
     if not runs:
-        print(f"results/{study}.json has no runs yet.")
         return
     s = summarize(runs, "test_miou")
     b = summarize(runs, "test_mbf1")
@@ -181,37 +180,21 @@ def print_summary(study: str, root: Path | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default="camvid_reference", help="results/<study>.json (default: the pool every notebook reads)")
+    add_reference_arguments(ap, "camvid_reference", epochs=12)  # the pool every notebook reads
     ap.add_argument("--arms", nargs="+", default=[], choices=list(ARMS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--profile", default="cpu")
     ap.add_argument("--val-points", type=int, default=6, help="how many validation points on each curve")
-    ap.add_argument("--description", default="")
-    ap.add_argument("--force", action="store_true", help="rerun (arm, seed) pairs already recorded")
-    ap.add_argument("--summary", action="store_true", help="only print the table of results/<study>.json")
-    ap.add_argument("--results-dir", type=Path, default=None, help="where <study>.json lives (default: results/)")
-    ap.add_argument("--checkpoint-dir", type=Path, default=None, help="default: checkpoints/reference/")
     args = ap.parse_args(argv)
     if args.summary:
         print_summary(args.study, args.results_dir)
         return
     prof, device = get_profile(args.profile), get_device()
     precision = get_precision(device)
-    done = {(r["arm"], r["seed"]) for r in load_results(args.study, args.results_dir)["runs"]}
     L = D.semantic_loaders("camvid", prof, prof.camvid_size, torch.Generator(), crop=prof.crop_size)
     print(f"study {args.study}: profile {prof.name}, {device} ({precision}), {args.epochs} epochs, "
           f"{len(L.train)} steps per epoch, arms {args.arms}, seeds {args.seeds}")
-    for seed in args.seeds:  # seed-major: a sitting that stops early still leaves whole pairs
-        for arm in args.arms:
-            if (arm, seed) in done and not args.force:
-                print(f"{arm} seed {seed}: already recorded, skipped")
-                continue
-            t0 = time.perf_counter()
-            m = run_one(arm, seed, args, prof, device, precision, L)
-            print(f"{arm} seed {seed}: test mIoU {100 * m['test_miou']:.1f}, boundary F {100 * m['test_mbf1']:.1f}, "
-                  f"final val {100 * m['final_val_miou']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    run_pending(args, lambda arm, seed: run_one(arm, seed, args, prof, device, precision, L),
+                lambda m: f"test mIoU {100 * m['test_miou']:.1f}, boundary F {100 * m['test_mbf1']:.1f}, "
+                          f"final val {100 * m['final_val_miou']:.1f}")
     print_summary(args.study, args.results_dir)
 
 

@@ -47,7 +47,7 @@ from course_lib.data.detection import collate_detection, detection_transforms
 from course_lib.detection import evaluate_instances, fit_detection
 from course_lib.engine import fit
 from course_lib.models import UNet, count_parameters, mask_rcnn
-from course_lib.results import load_results, provenance, record_run, summarize
+from course_lib.results import add_reference_arguments, provenance, record_run, recorded_runs, run_pending, summarize
 from course_lib.runtime import REPO_ROOT, get_device, get_precision, get_profile, seed_everything
 from course_lib.watershed import CLASSES, SemanticInstances, collate_three_class, three_class_target
 
@@ -141,9 +141,8 @@ def run_one(arm: str, seed: int, args, prof, device, precision, data: dict[str, 
 
 
 def print_summary(study: str, root: Path | None = None) -> None:
-    runs = load_results(study, root)["runs"]
+    runs = recorded_runs(study, root)
     if not runs:
-        print(f"{study}.json has no runs yet.")
         return
     table = {m: summarize(runs, f"test_{m}") for m in METRICS}
     print(f"{'arm':20s} {'n':>2s}  " + "  ".join(f"{m:>12s}" for m in METRICS) + "   (test, mean over seeds)")
@@ -154,24 +153,15 @@ def print_summary(study: str, root: Path | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default="nuclei_reference", help="results/<study>.json")
+    add_reference_arguments(ap, "nuclei_reference", epochs=0, epochs_help="default: the arm's own (ARMS)")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=0, help="default: the arm's own (ARMS)")
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget per (arm, seed)")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--profile", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--val-items", type=int, default=25, help="val images scored during training (curves)")
     ap.add_argument("--val-points", type=int, default=4, help="how many validation points on each curve")
-    ap.add_argument("--description", default="")
-    ap.add_argument("--force", action="store_true", help="rerun (arm, seed) pairs already recorded")
-    ap.add_argument("--summary", action="store_true", help="only print the table of results/<study>.json")
     ap.add_argument("--smoke", action="store_true",
                     help="smoke profile, 4 training images, 1 epoch, 2 val / 2 test images, one seed; results "
                          "and checkpoints in a temporary folder unless --results-dir / --checkpoint-dir say otherwise")
-    ap.add_argument("--results-dir", type=Path, default=None, help="where <study>.json lives (default: results/)")
-    ap.add_argument("--checkpoint-dir", type=Path, default=None, help="default: checkpoints/reference/")
     args = ap.parse_args(argv)
     if args.summary:
         print_summary(args.study, args.results_dir)
@@ -186,19 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     prof, device = get_profile(args.profile), get_device()
     precision = get_precision(device)
     data = splits(args, prof)
-    done = {(r["arm"], r["seed"]) for r in load_results(args.study, args.results_dir)["runs"]}
     print(f"study {args.study}: profile {prof.name}, {device} ({precision}, {torch.get_num_threads()} threads), "
           f"crop {prof.detection_crop}, batch {prof.detection_batch_size}, "
           f"{len(data['train']) // prof.detection_batch_size} steps per epoch, arms {args.arms}, seeds {args.seeds}")
-    for seed in args.seeds:  # seed-major: a sitting that stops early still leaves whole pairs
-        for arm in args.arms:
-            if (arm, seed) in done and not args.force:
-                print(f"{arm} seed {seed}: already recorded, skipped")
-                continue
-            t0 = time.perf_counter()
-            m = run_one(arm, seed, args, prof, device, precision, data)
-            print(f"{arm} seed {seed}: test AP {m['test_AP']:.3f}, AP50 {m['test_AP50']:.3f}, "
-                  f"AP75 {m['test_AP75']:.3f}, DSB {m['test_dsb']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    run_pending(args, lambda arm, seed: run_one(arm, seed, args, prof, device, precision, data),
+                lambda m: f"test AP {m['test_AP']:.3f}, AP50 {m['test_AP50']:.3f}, AP75 {m['test_AP75']:.3f}, "
+                          f"DSB {m['test_dsb']:.3f}")
     print_summary(args.study, args.results_dir)
     if args.smoke:
         print(f"smoke results in {args.results_dir}")

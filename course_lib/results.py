@@ -21,7 +21,9 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -99,6 +101,46 @@ def record_run(name: str, arm: str, seed: int, metrics: dict, *, provenance: dic
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def add_reference_arguments(parser, study: str, epochs: int, epochs_help: str = "training epochs per (arm, seed)") -> None:
+    """The command-line options every reference-run script in ``benchmarks/`` shares (study file,
+    seeds, epochs, lr, profile, --force, --summary, results and checkpoint folders), added to an
+    ``argparse.ArgumentParser``; each script adds its own ``--arms`` and the rest."""
+    parser.add_argument("--study", default=study, help=f"results/<study>.json (default: {study})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--description", default="")
+    parser.add_argument("--force", action="store_true", help="rerun (arm, seed) pairs already recorded")
+    parser.add_argument("--summary", action="store_true", help="only print the table of results/<study>.json")
+    parser.add_argument("--results-dir", type=Path, default=None, help="where <study>.json lives (default: results/)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="default: checkpoints/reference/")
+
+
+def recorded_runs(name: str, root: Path | None = None) -> list[dict]:
+    """The runs of ``results/<name>.json`` for a summary table; says so when there are none yet."""
+    runs = load_results(name, root)["runs"]
+    if not runs:
+        print(f"{results_path(name, root)} has no runs yet.")
+    return runs
+
+
+def run_pending(args, run: Callable[[str, int], dict], describe: Callable[[dict], str]) -> None:
+    """Run each (arm, seed) of ``args.arms`` × ``args.seeds`` that ``results/<args.study>.json``
+    does not hold yet (all of them with ``args.force``), seed-major, so a sitting that stops early
+    still leaves whole pairs; ``run(arm, seed)`` trains, scores and records one and returns its
+    metrics, and ``describe(metrics)`` is the line printed after it."""
+    done = {(r["arm"], r["seed"]) for r in load_results(args.study, args.results_dir)["runs"]}
+    for seed in args.seeds:
+        for arm in args.arms:
+            if (arm, seed) in done and not args.force:
+                print(f"{arm} seed {seed}: already recorded, skipped")
+                continue
+            start = time.perf_counter()
+            metrics = run(arm, seed)
+            print(f"{arm} seed {seed}: {describe(metrics)} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 def metric_value(run: dict, metric: str) -> float | None:
