@@ -32,11 +32,11 @@ def main() -> None:
     runs = [r for r in load_results(args.study)["runs"] if r["provenance"].get("loss", "weighted_ce") == "weighted_ce"]
     if not runs:
         raise SystemExit(f"results/{args.study}.json has no runs yet: run benchmarks/camvid_reference.py first.")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.6))
     arms = sorted({r["arm"] for r in runs}, key=lambda a: -max(x["metrics"]["test_miou"] for x in runs if x["arm"] == a))
     for k, arm in enumerate(arms):
         mine = [r for r in runs if r["arm"] == arm]
-        color = f"C{k % 10}"
+        color = plt.get_cmap("tab20")(k % 20)  # 15+ arms: ten default colours would repeat
         for r in mine:  # one point per seed; a hollow point: trained on one thread, not comparable in time
             one_thread = r["provenance"].get("cpu_threads") == 1
             style = dict(s=30, edgecolors=color, facecolors="none" if one_thread else color)
@@ -51,9 +51,9 @@ def main() -> None:
     a1.set_xlim(0.25, 50)
     a2.margins(x=0.1, y=0.15)
     a1.margins(y=0.15)
-    a1.legend(fontsize=8, loc="lower right")
+    fig.legend(*a1.get_legend_handles_labels(), fontsize=8, loc="center left", bbox_to_anchor=(0.995, 0.5), frameon=False)
     a1.set_xlabel("parameters (M, log)")
-    a2.set_xlabel("training time (min, without the validation passes; hollow: one thread)")
+    a2.set_xlabel("training time (min, without the validation passes; hollow: one thread;\nlonger where the machine was shared)")
     for a in (a1, a2):
         a.set_ylabel("CamVid test mIoU (%)")
         a.grid(alpha=0.3)
@@ -62,7 +62,7 @@ def main() -> None:
                  f"{sorted({r['seed'] for r in runs})}, {device}", fontsize=10)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=100)
+    fig.savefig(args.out, dpi=100, bbox_inches="tight")
     print(f"wrote {args.out} ({len(runs)} runs)")
 
 
