@@ -288,12 +288,14 @@ def plot_curves(runs: list[dict], keys: tuple[str, ...] = ("train_loss", "val_mi
                         colors={n: f"C{arms.index(r['arm']) % 10}" for n, r in names.items()},
                         labels={n: (r["arm"] if r["seed"] == first_seed[r["arm"]] else None) for n, r in names.items()},
                         styles={n: SEED_STYLES[seeds.index(r["seed"]) % len(SEED_STYLES)] for n, r in names.items()})
-    if len(seeds) > 1:
+    if len(seeds) > 1:  # one legend for both codes: colour = arm, line style = seed
         from matplotlib.lines import Line2D
 
-        handles = [Line2D([], [], color="0.4", ls=SEED_STYLES[i % len(SEED_STYLES)], label=f"seed {s}")
-                   for i, s in enumerate(seeds)]
-        axes[-1].legend(handles=handles, fontsize=8)
+        arm_handles, arm_labels = axes[0].get_legend_handles_labels()
+        if axes[0].get_legend() is not None:
+            axes[0].get_legend().remove()
+        seed_handles = [Line2D([], [], color="0.4", ls=SEED_STYLES[i % len(SEED_STYLES)]) for i in range(len(seeds))]
+        axes[-1].legend(arm_handles + seed_handles, arm_labels + [f"seed {s}" for s in seeds], fontsize=8)
     return axes
 
 

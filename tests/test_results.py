@@ -130,7 +130,8 @@ def test_plots_show_every_seed_and_curve(tmp_path):
     assert len(ax.lines) == 3  # one paired line per seed
     assert [round(float(c.get_segments()[0][0][1]), 3) for c in ax.collections] == [41.0, 51.0]
     axes = R.plot_curves(runs)
-    assert len(axes[0].lines) == 6 and len(axes[0].get_legend().get_texts()) == 2
+    assert len(axes[0].lines) == 6 and axes[0].get_legend() is None  # one legend, in the last panel:
+    assert [t.get_text() for t in axes[-1].get_legend().get_texts()] == ["a", "b", "seed 0", "seed 1", "seed 2"]
     plt.close("all")
 
 
