@@ -46,11 +46,10 @@ import torch.nn.functional as F
 from torchvision.ops import masks_to_boxes, roi_align
 
 from ..boundaries import instance_boundaries
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .backbones import ResNetFeatures
 from .common import conv_bn_relu, pad_to_multiple
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STRIDE = 4  # of the heatmap, the prototypes/bases and the boundary basis
 DEFAULT_LOSS_WEIGHTS = {"heatmap": 1.0, "size": 0.1, "offset": 1.0,  # CenterNet's weights
                         "mask": 1.0, "boundary": 1.0, "mask_iou": 1.0, "boundary_score": 1.0}
