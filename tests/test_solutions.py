@@ -128,6 +128,33 @@ WRONG: dict[str, list[tuple[str, str]]] = {
          "    pos = int(edges.sum())\n"
          "    return (edges.numel() - pos) / max(pos, 1)"),
     ],
+    "10_mask_rcnn": [
+        ("box_iou",  # the old "+1 pixel" convention of integer boxes, on continuous coordinates
+         "def box_iou(a, b):\n"
+         "    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)\n"
+         "    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)\n"
+         "    inter = iw * ih\n"
+         "    union = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter\n"
+         "    return float(inter / union)"),
+        ("box_iou",  # no clamp at 0: boxes apart in both x and y get a positive 'intersection'
+         "def box_iou(a, b):\n"
+         "    inter = (min(a[2], b[2]) - max(a[0], b[0])) * (min(a[3], b[3]) - max(a[1], b[1]))\n"
+         "    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter\n"
+         "    return float(inter / union)"),
+        ("bilinear_at",  # the weights of x and y swapped
+         "def bilinear_at(f, y, x):\n"
+         "    H, W = f.shape\n"
+         "    y0, x0 = min(int(y), H - 2), min(int(x), W - 2)\n"
+         "    ly, lx = y - y0, x - x0\n"
+         "    return float((1 - lx) * (1 - ly) * f[y0, x0] + (1 - lx) * ly * f[y0, x0 + 1]\n"
+         "                 + lx * (1 - ly) * f[y0 + 1, x0] + lx * ly * f[y0 + 1, x0 + 1])"),
+        ("bilinear_at",  # nearest neighbour instead of interpolation
+         "def bilinear_at(f, y, x):\n    return float(f[int(round(y)), int(round(x))])"),
+        ("dsb_toy",  # one threshold, IoU 0.5, instead of the mean over 0.50:0.05:0.95
+         "def dsb_toy():\n    return 2 / 4"),
+        ("dsb_toy",  # IoU ≥ t instead of IoU > t: nucleus 2 (IoU 0.6) also matched at t = 0.6
+         "def dsb_toy():\n    return (3 * 2 / 4 + 7 * 1 / 5) / 10"),
+    ],
 }
 
 
