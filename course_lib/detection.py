@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import engine
 from .engine import History
-from .instance_metrics import _pairwise_iou, boundary_band, coco_mask_ap, dsb_score
+from .instance_metrics import CocoMaskAP, _pairwise_iou, boundary_band, dsb_score
 from .runtime import device_name, get_precision
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
@@ -130,7 +130,7 @@ def evaluate_instances(model: nn.Module, dataset: Dataset, device: torch.device,
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("evaluate_instances got an empty dataset.")
     model.eval()
-    preds, targets, dsb, biou = [], [], [], []
+    coco, dsb, biou = CocoMaskAP(max_dets), [], []  # one image's masks in memory at a time
     for i in tqdm(range(len(dataset)), desc="evaluate", leave=False, disable=not progress):  # type: ignore[arg-type]
         image, target = dataset[i]
         with engine.autocast(device, precision):
@@ -144,9 +144,9 @@ def evaluate_instances(model: nn.Module, dataset: Dataset, device: torch.device,
         gt_ids = masks_to_id_map(gt_masks)
         dsb.append(dsb_score(pred_ids, gt_ids)["score"])
         biou += _matched_boundary_ious(pred_ids.numpy(), gt_ids.numpy())
-        preds.append({"masks": masks.to(torch.uint8), "scores": scores, "labels": out["labels"]})
-        targets.append({"masks": gt_masks, "labels": target["labels"]})
-    ap = coco_mask_ap(preds, targets, max_dets=max_dets)
+        coco.add({"masks": masks, "scores": scores, "labels": out["labels"]},
+                 {"masks": gt_masks, "labels": target["labels"]})
+    ap = coco.compute()
     return {"AP": ap["AP"], "AP50": ap["AP50"], "AP75": ap["AP75"], "dsb": float(np.mean(dsb)),
             "boundary_iou": float(np.mean(biou)) if biou else math.nan, "matched": len(biou), "images": len(dsb)}
 

@@ -6,6 +6,8 @@
 - :func:`coco_mask_ap` runs pycocotools' ``COCOeval(iouType="segm")`` on model outputs and
   the datasets' targets (``masks`` [N, H, W], ``labels`` [N]), with room for the hundreds of
   nuclei in one image (pycocotools' default keeps only the 100 best detections per image).
+- :class:`CocoMaskAP` does the same one image at a time, keeping only RLEs (a whole split of
+  large, crowded images does not fit in memory as masks).
 - :func:`boundary_iou` (Cheng et al. 2021) compares two binary masks [H, W] by their
   boundary bands only, so it is sensitive to contour errors that mask IoU hides in large
   objects.
@@ -137,6 +139,85 @@ def _annotations(masks: np.ndarray, labels, image_id: int, first_id: int, scores
     return anns
 
 
+class CocoMaskAP:
+    """COCO mask AP accumulated one image at a time: :meth:`add` RLE-encodes an image's
+    predicted and true masks at once (pycocotools), so only the compact RLEs are kept and a
+    split of large, crowded images (hundreds of full-resolution masks each) fits in memory;
+    :meth:`compute` runs ``COCOeval(iouType="segm")``. :func:`coco_mask_ap` describes the
+    inputs and the result."""
+
+    def __init__(self, max_dets: int = 1000):
+        if not (isinstance(max_dets, int) and max_dets >= 1):
+            raise ValueError(f"max_dets must be a whole number ≥ 1, got {max_dets!r}.")
+        self.max_dets = max_dets
+        self.images: list[dict] = []
+        self.gt_anns: list[dict] = []
+        self.dt_anns: list[dict] = []
+        self.categories: set[int] = set()
+
+    def add(self, pred: dict, target: dict) -> None:
+        """One image: ``pred`` {"masks", "scores", "labels"} and its ``target`` {"masks", "labels"}."""
+        i = len(self.images)
+        gt_masks = _binary_masks(target["masks"], f"targets[{i}]")
+        h, w = gt_masks.shape[1:]
+        gt_labels = _to_numpy(target["labels"]).reshape(-1)
+        n = len(_to_numpy(pred["scores"]).reshape(-1))
+        dt_masks = _binary_masks(pred["masks"], f"preds[{i}]") if n else np.zeros((0, h, w), np.uint8)
+        dt_labels, scores = _to_numpy(pred["labels"]).reshape(-1), _to_numpy(pred["scores"]).reshape(-1)
+        if dt_masks.shape[1:] != (h, w) or len(dt_masks) != n or len(dt_labels) != n:
+            raise ValueError(f"preds[{i}]: masks {dt_masks.shape}, scores [{n}] and labels [{len(dt_labels)}] must "
+                             f"describe the same N detections at the target's size ({h}, {w}); resize the "
+                             f"masks to the image the target describes.")
+        if len(gt_labels) != len(gt_masks):
+            raise ValueError(f"targets[{i}]: {len(gt_masks)} masks but {len(gt_labels)} labels.")
+        self.images.append({"id": i, "height": h, "width": w})
+        self.gt_anns += _annotations(gt_masks, gt_labels, i, len(self.gt_anns) + 1)
+        self.dt_anns += _annotations(dt_masks, dt_labels, i, len(self.dt_anns) + 1, scores)
+        self.categories |= {int(c) for c in gt_labels} | {int(c) for c in dt_labels}
+
+    def compute(self) -> dict:
+        """The scores of every image added so far (see :func:`coco_mask_ap`)."""
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        images, gt_anns, dt_anns, categories, max_dets = (self.images, self.gt_anns, self.dt_anns, self.categories,
+                                                          self.max_dets)
+        keys = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR")
+        if not gt_anns:
+            return dict.fromkeys(keys, math.nan)
+
+        cats = [{"id": c, "name": str(c)} for c in sorted(categories)]
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco_gt, coco_dt = COCO(), COCO()
+            coco_gt.dataset = {"images": images, "categories": cats, "annotations": gt_anns}
+            coco_dt.dataset = {"images": images, "categories": cats, "annotations": dt_anns}
+            coco_gt.createIndex()
+            coco_dt.createIndex()
+            E = COCOeval(coco_gt, coco_dt, iouType="segm")
+            # evaluation keeps the maxDets[-1] best detections per image; the default [1, 10, 100]
+            # would drop true positives in images with more than 100 nuclei
+            E.params.maxDets = [m for m in (1, 10) if m < max_dets] + [max_dets]
+            E.evaluate()
+            E.accumulate()
+        precision = E.eval["precision"]  # [T IoU thresholds, R recall points, K categories, A areas, M maxDets]
+        recall = E.eval["recall"]        # [T, K, A, M]; -1 where a category has no GT in the area range
+        iou_thrs = E.params.iouThrs
+
+        def mean_valid(x: np.ndarray) -> float:
+            x = x[x > -1]
+            return float(x.mean()) if x.size else math.nan
+
+        t50, t75 = (int(np.argmin(np.abs(iou_thrs - v))) for v in (0.5, 0.75))
+        area = {name: j for j, name in enumerate(E.params.areaRngLbl)}  # all, small, medium, large
+        return {"AP": mean_valid(precision[:, :, :, area["all"], -1]),
+                "AP50": mean_valid(precision[t50, :, :, area["all"], -1]),
+                "AP75": mean_valid(precision[t75, :, :, area["all"], -1]),
+                "AP_small": mean_valid(precision[:, :, :, area["small"], -1]),
+                "AP_medium": mean_valid(precision[:, :, :, area["medium"], -1]),
+                "AP_large": mean_valid(precision[:, :, :, area["large"], -1]),
+                "AR": mean_valid(recall[:, :, area["all"], -1])}
+
+
 def coco_mask_ap(preds: list[dict], targets: list[dict], max_dets: int = 1000) -> dict:
     """COCO mask AP of instance predictions, with pycocotools' ``COCOeval(iouType="segm")``.
 
@@ -151,66 +232,13 @@ def coco_mask_ap(preds: list[dict], targets: list[dict], max_dets: int = 1000) -
     pixels; most nuclei are small), "AR" (recall at ``max_dets``, mean over IoU thresholds).
     A value is nan when no ground truth falls in its range (e.g. no GT at all).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     if len(preds) != len(targets):
         raise ValueError(f"preds ({len(preds)} images) and targets ({len(targets)}) must list the same images "
                          f"in the same order.")
-    if not (isinstance(max_dets, int) and max_dets >= 1):
-        raise ValueError(f"max_dets must be a whole number ≥ 1, got {max_dets!r}.")
-    images, gt_anns, dt_anns, categories = [], [], [], set()
-    for i, (pred, target) in enumerate(zip(preds, targets)):
-        gt_masks = _binary_masks(target["masks"], f"targets[{i}]")
-        h, w = gt_masks.shape[1:]
-        gt_labels = _to_numpy(target["labels"]).reshape(-1)
-        n = len(_to_numpy(pred["scores"]).reshape(-1))
-        dt_masks = _binary_masks(pred["masks"], f"preds[{i}]") if n else np.zeros((0, h, w), np.uint8)
-        dt_labels, scores = _to_numpy(pred["labels"]).reshape(-1), _to_numpy(pred["scores"]).reshape(-1)
-        if dt_masks.shape[1:] != (h, w) or len(dt_masks) != n or len(dt_labels) != n:
-            raise ValueError(f"preds[{i}]: masks {dt_masks.shape}, scores [{n}] and labels [{len(dt_labels)}] must "
-                             f"describe the same N detections at the target's size ({h}, {w}); resize the "
-                             f"masks to the image the target describes.")
-        if len(gt_labels) != len(gt_masks):
-            raise ValueError(f"targets[{i}]: {len(gt_masks)} masks but {len(gt_labels)} labels.")
-        images.append({"id": i, "height": h, "width": w})
-        gt_anns += _annotations(gt_masks, gt_labels, i, len(gt_anns) + 1)
-        dt_anns += _annotations(dt_masks, dt_labels, i, len(dt_anns) + 1, scores)
-        categories |= {int(c) for c in gt_labels} | {int(c) for c in dt_labels}
-    keys = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR")
-    if not gt_anns:
-        return dict.fromkeys(keys, math.nan)
-
-    cats = [{"id": c, "name": str(c)} for c in sorted(categories)]
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco_gt, coco_dt = COCO(), COCO()
-        coco_gt.dataset = {"images": images, "categories": cats, "annotations": gt_anns}
-        coco_dt.dataset = {"images": images, "categories": cats, "annotations": dt_anns}
-        coco_gt.createIndex()
-        coco_dt.createIndex()
-        E = COCOeval(coco_gt, coco_dt, iouType="segm")
-        # evaluation keeps the maxDets[-1] best detections per image; the default [1, 10, 100]
-        # would drop true positives in images with more than 100 nuclei
-        E.params.maxDets = [m for m in (1, 10) if m < max_dets] + [max_dets]
-        E.evaluate()
-        E.accumulate()
-    precision = E.eval["precision"]  # [T IoU thresholds, R recall points, K categories, A areas, M maxDets]
-    recall = E.eval["recall"]        # [T, K, A, M]; -1 where a category has no GT in the area range
-    iou_thrs = E.params.iouThrs
-
-    def mean_valid(x: np.ndarray) -> float:
-        x = x[x > -1]
-        return float(x.mean()) if x.size else math.nan
-
-    t50, t75 = (int(np.argmin(np.abs(iou_thrs - v))) for v in (0.5, 0.75))
-    area = {name: j for j, name in enumerate(E.params.areaRngLbl)}  # all, small, medium, large
-    return {"AP": mean_valid(precision[:, :, :, area["all"], -1]),
-            "AP50": mean_valid(precision[t50, :, :, area["all"], -1]),
-            "AP75": mean_valid(precision[t75, :, :, area["all"], -1]),
-            "AP_small": mean_valid(precision[:, :, :, area["small"], -1]),
-            "AP_medium": mean_valid(precision[:, :, :, area["medium"], -1]),
-            "AP_large": mean_valid(precision[:, :, :, area["large"], -1]),
-            "AR": mean_valid(recall[:, :, area["all"], -1])}
+    acc = CocoMaskAP(max_dets)
+    for pred, target in zip(preds, targets):
+        acc.add(pred, target)
+    return acc.compute()
 
 
 # ------------------------------------------------------------------------------ Boundary IoU

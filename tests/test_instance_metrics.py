@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.instance_metrics import boundary_band, boundary_iou, coco_mask_ap, dsb_score
+from course_lib.instance_metrics import CocoMaskAP, boundary_band, boundary_iou, coco_mask_ap, dsb_score
 from tests.conftest import require_dataset
 
 THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
@@ -267,6 +267,12 @@ def test_coco_mask_ap_equals_a_direct_pycocotools_run_on_perturbed_nuclei():
     ref = coco_reference(preds, targets, max_dets=1000)
     assert got["AP50"] == pytest.approx(ref[1]) and got["AP75"] == pytest.approx(ref[2])
     assert got["AR"] == pytest.approx(ref[8])
+    # one image at a time (what evaluate_instances does, keeping only RLEs): the same numbers
+    acc = CocoMaskAP(100)
+    for p, t in zip(preds, targets):
+        acc.add(p, t)
+    assert acc.compute() == pytest.approx(coco_mask_ap(preds, targets, max_dets=100), nan_ok=True)
+    assert all(not torch.is_tensor(a["segmentation"]) and isinstance(a["segmentation"], dict) for a in acc.dt_anns)
 
 
 def test_coco_mask_ap_score_order_matters():
