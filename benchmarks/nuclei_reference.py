@@ -49,7 +49,7 @@ from course_lib.engine import fit
 from course_lib.models import UNet, count_parameters, mask_rcnn
 from course_lib.results import add_reference_arguments, provenance, record_run, recorded_runs, run_pending, summarize
 from course_lib.runtime import REPO_ROOT, get_device, get_precision, get_profile, seed_everything
-from course_lib.watershed import CLASSES, SemanticInstances, collate_three_class, three_class_target
+from course_lib.watershed import CLASSES, SemanticInstances, collate_three_class, three_class_weights
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,6 @@ CHECKPOINTS = REPO_ROOT / "checkpoints" / "reference"
 
 def checkpoint_path(study: str, arm: str, seed: int, profile: str, epochs: int, root: Path | None = None) -> Path:
     return (root or CHECKPOINTS) / study / f"{arm}_seed{seed}_{profile}_{epochs}ep.pt"
-
-
-def class_weights(dataset: Dataset, items: int = 64) -> torch.Tensor:
-    """√-inverse-frequency weights of the three classes, counted on the first ``items`` images
-    of ``dataset`` (items (image, target) at full resolution), normalised to mean 1."""
-    counts = torch.zeros(len(CLASSES), dtype=torch.float64)
-    for i in range(min(items, len(dataset))):  # type: ignore[arg-type]
-        counts += torch.bincount(three_class_target(dataset[i][1]["masks"]).flatten(), minlength=len(CLASSES))
-    w = (counts.sum() / counts.clamp_min(1)).sqrt()
-    return (w / w.mean()).float()
 
 
 def splits(args, prof) -> dict[str, Dataset]:
@@ -119,7 +109,7 @@ def run_one(arm: str, seed: int, args, prof, device, precision, data: dict[str, 
                              precision=precision, config=config, val_every=val_every)
         scored = model
     else:
-        weights = class_weights(D.Nuclei("train", transforms=detection_transforms(train=False)),
+        weights = three_class_weights(D.Nuclei("train", transforms=detection_transforms(train=False)),
                                 items=4 if args.smoke else 64)
         loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device))
         hist = fit(model, loader, None, num_classes=len(CLASSES), device=device, epochs=epochs, optimizer=opt,

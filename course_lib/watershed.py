@@ -43,6 +43,20 @@ def three_class_target(masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def three_class_weights(dataset, items: int = 64) -> torch.Tensor:
+    """√-inverse-frequency weights [3] of background, interior and contour (normalised to mean
+    1), counted on the first ``items`` items (image, target with "masks" [N, H, W]) of
+    ``dataset``. Give it whole images (``detection_transforms(train=False)``): random crops
+    would make the weights, and so a checkpoint's configuration, change from run to run."""
+    counts = torch.zeros(len(CLASSES), dtype=torch.float64)
+    for i in range(min(items, len(dataset))):
+        counts += torch.bincount(three_class_target(dataset[i][1]["masks"]).flatten(), minlength=len(CLASSES))
+    if counts.sum() == 0:
+        raise ValueError("three_class_weights got no pixels: an empty dataset or items=0.")
+    w = (counts.sum() / counts.clamp_min(1)).sqrt()
+    return (w / w.mean()).float()
+
+
 def collate_three_class(batch) -> tuple[torch.Tensor, torch.Tensor]:
     """[(image float [3, H, W] in 0..1, instance target), ...] from
     :func:`~course_lib.data.detection.detection_transforms` (equal crop sizes) → (images

@@ -24,7 +24,7 @@ from course_lib.detection import (LOSS_KEYS, detections_to_id_map, evaluate_inst
                                   masks_to_id_map)
 from course_lib.instance_metrics import dsb_score
 from course_lib.models import UNet, mask_rcnn
-from course_lib.watershed import SemanticInstances, three_class_target, watershed_instances
+from course_lib.watershed import SemanticInstances, three_class_target, three_class_weights, watershed_instances
 from tests.conftest import require_dataset
 from tests.test_pretrained import hub, server, serve_as_resnet18, weights  # noqa: F401 (fixtures)
 
@@ -237,6 +237,19 @@ def test_three_class_target():
     assert ids[32, 49] == 1 and ids[32, 50] == 2 and bool((cls[32, 49:51] == 2).all())  # both sides of the touching line
     assert torch.equal(three_class_target(torch.zeros(0, 5, 5, dtype=torch.uint8)), torch.zeros(5, 5, dtype=torch.int64))
 
+
+
+def test_three_class_weights_are_sqrt_inverse_frequency_with_mean_one():
+    masks = instance_target(torch.from_numpy(two_touching_discs()))["masks"]
+    item = (torch.zeros(3, *masks.shape[-2:]), {"masks": masks})
+    counts = torch.bincount(three_class_target(masks).flatten(), minlength=3).double()
+    expected = (counts.sum() / counts).sqrt()
+    w = three_class_weights([item, item], items=5)
+    assert w.dtype == torch.float32 and w.mean().item() == pytest.approx(1.0)
+    torch.testing.assert_close(w.double(), expected / expected.mean())
+    assert w[2] > w[1] > w[0]  # contour pixels are the fewest, background the most
+    with pytest.raises(ValueError, match="no pixels"):
+        three_class_weights([item], items=0)
 
 def test_watershed_splits_touching_discs_where_connected_components_merge_them():
     ids = two_touching_discs()
