@@ -170,11 +170,13 @@ def select(runs: list[dict], arms: dict[str, str]) -> list[dict]:
 
 def summarize(runs: list[dict], metric: str) -> dict[str, dict]:
     """Per arm: ``values`` by seed, ``mean``, ``min``, ``max``, ``spread`` (max − min), ``n``.
-    ``metric`` as in :func:`metric_value`."""
+    ``metric`` as in :func:`metric_value`. A run where the metric is undefined (None, or nan:
+    e.g. a Boundary IoU with no object matched) is left out of its arm, so ``n`` counts the
+    seeds that have it."""
     out: dict[str, dict] = {}
     for r in runs:
         v = metric_value(r, metric)
-        if v is None:
+        if v is None or math.isnan(float(v)):
             continue
         out.setdefault(r["arm"], {"values": {}})["values"][r["seed"]] = float(v)
     for arm, d in out.items():

@@ -24,6 +24,11 @@ def test_record_run_adds_replaces_and_keeps_provenance(tmp_path):
     assert s["a"]["values"] == {1: 0.7, 0: 0.4}
     assert s["a"]["mean"] == pytest.approx(0.55) and s["a"]["spread"] == pytest.approx(0.3) and s["b"]["n"] == 1
     assert R.paired_differences(data["runs"], "miou", "b", "a") == {0: pytest.approx(0.2)}
+    # an undefined value (nan, or null once saved) leaves that seed out, not the mean nan
+    undefined = [{"arm": "c", "seed": 0, "metrics": {"miou": float("nan")}},
+                 {"arm": "c", "seed": 1, "metrics": {"miou": None}}, {"arm": "c", "seed": 2, "metrics": {"miou": 0.3}}]
+    assert R.summarize(undefined, "miou")["c"] == {"values": {2: 0.3}, "n": 1, "mean": 0.3, "min": 0.3, "max": 0.3,
+                                                   "spread": 0.0}
     run_b = next(r for r in R.load_results("demo", tmp_path)["runs"] if r["arm"] == "b")
     assert run_b["provenance"]["note"] == "test"
 
