@@ -35,6 +35,7 @@ MEMBRANE_CLASSES = Membrane.num_classes
 MEMBRANE_SIZE = 512      # ISBI 2012 slices are 512×512 gray
 PATCH_BATCH = 256        # notebook 02 trains its patch classifier on batches of 256 patches
 MEMBRANE_BATCH = 4       # notebook 05 trains its membrane U-Net on batches of 4 crops
+NUCLEI_EVAL_SIZE = (520, 696)  # one of the larger DSB2018 test images (notebook 10 scores each at its own size)
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,20 @@ def _plan_09(cfg: dict, p: Profile) -> list[PlannedModel]:
     ]
 
 
+def _plan_10(cfg: dict, p: Profile) -> list[PlannedModel]:
+    # the U-Net of the U-Net + watershed baseline, on the profile's detection crops; Mask R-CNN
+    # trains on lists of images and targets, not a batch tensor, so tests/test_instance_seg.py
+    # checks it at the profile's detection sizes instead
+    from .watershed import CLASSES
+
+    return [PlannedModel("10", f"U-Net (width {cfg['unet_width']}), 3 classes for the watershed",
+                         partial(UNet, len(CLASSES), width=cfg["unet_width"]), p.detection_crop,
+                         p.detection_batch_size, len(CLASSES), eval_size=NUCLEI_EVAL_SIZE)]
+
+
 PLANNERS: dict[str, Callable[[dict, Profile], list[PlannedModel]]] = {
     "02": _plan_02, "03": _plan_03, "05": _plan_05, "06": _plan_06, "07": _plan_07, "08": _plan_08, "09": _plan_09,
+    "10": _plan_10,
 }
 """Notebook → the models it trains (00, 01 and 04 train nothing)."""
 

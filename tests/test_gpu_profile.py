@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib.engine import logits_of, predict, prefers_channels_last, train_one_epoch
-from course_lib.gpu_plan import PLANNERS, PlannedModel, notebook_cfg, notebook_path, plan
+from course_lib.gpu_plan import CAMVID_CLASSES, PLANNERS, PlannedModel, notebook_cfg, notebook_path, plan
 from course_lib.runtime import PROFILES
 
 PLAN = plan("gpu")
@@ -90,7 +90,7 @@ def test_plan_follows_the_notebook(notebook):
         name = m.build.func.__name__  # type: ignore[attr-defined]
         builder = {"_smp": lambda: m.build.args[0], "sbcb_model": lambda: "SBCB("}.get(name, lambda: name)()  # type: ignore[attr-defined]
         assert builder in code, m.name
-        if m.in_channels == 3 and m.dense:
+        if m.in_channels == 3 and m.dense and m.num_classes == CAMVID_CLASSES:  # CamVid models
             assert m.train_size == (gpu.crop_size if "crop=crop" in code else gpu.camvid_size), m.name
 
 

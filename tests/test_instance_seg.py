@@ -114,6 +114,23 @@ def test_mask_rcnn_from_scratch_trains_every_parameter_and_normalisation(norm, l
     assert 3.5e6 < slim < 4.5e6  # the REFERENCE's slim heads: 3.9 M parameters with ResNet-18
 
 
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_mask_rcnn_trains_at_the_profiles_detection_crop(profile):
+    """Notebook 10's Mask R-CNN at the profile's crop (the gpu plan's shape check for it: its
+    inputs are lists of images and targets, which course_lib.gpu_plan does not model); two
+    images stand for the batch, one optimiser step, every parameter gets a gradient."""
+    from course_lib.runtime import PROFILES
+
+    h, w = PROFILES[profile].detection_crop
+    torch.manual_seed(0)
+    model = mask_rcnn(backbone="resnet18", norm="group", slim=True)
+    losses = model([torch.rand(3, h, w), torch.rand(3, h, w)], [disc_target(h, w), disc_target(h, w)])
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
 def test_mask_rcnn_refuses_what_cannot_work():
     with pytest.raises(ValueError, match="norm='batch'"):
         mask_rcnn(norm="group", pretrained=True)  # raised before any download
