@@ -297,7 +297,9 @@ def plot_curves(runs: list[dict], keys: tuple[str, ...] = ("train_loss", "val_mi
         if axes[0].get_legend() is not None:
             axes[0].get_legend().remove()
         seed_handles = [Line2D([], [], color="0.4", ls=SEED_STYLES[i % len(SEED_STYLES)]) for i in range(len(seeds))]
-        axes[-1].legend(arm_handles + seed_handles, arm_labels + [f"seed {s}" for s in seeds], fontsize=8)
+        # outside the last panel, to the right: inside it the legend covered curves
+        axes[-1].legend(arm_handles + seed_handles, arm_labels + [f"seed {s}" for s in seeds], fontsize=8,
+                        loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return axes
 
 

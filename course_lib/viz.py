@@ -123,12 +123,15 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], normalize: b
 
 
 CURVE_TITLES = {"train_loss": "training loss", "val_miou": "val mIoU (%, scored at full resolution)",
-                "val_pixel_acc": "val pixel accuracy (%)", "lr": "learning rate"}
+                "val_pixel_acc": "val pixel accuracy (%)", "lr": "learning rate",
+                "val_dsb": "val DSB score (%)", "val_AP50": "val mask AP50 (%)"}
 SEED_STYLES = ("-", "--", ":", "-.")
 
 
 def _percent(key: str) -> bool:
-    return key.endswith("miou") or key.endswith("acc")
+    """Scores stored in [0, 1] that the tables print in %: mIoU, accuracy, DSB score, AP."""
+    last = key.rsplit("_", 1)[-1]
+    return last in ("miou", "acc", "dsb") or last.startswith("AP")
 
 
 def plot_history(histories, keys: Sequence[str] = ("train_loss", "val_miou"), axes=None, title: str | None = None,

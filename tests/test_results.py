@@ -137,6 +137,11 @@ def test_plots_show_every_seed_and_curve(tmp_path):
     axes = R.plot_curves(runs)
     assert len(axes[0].lines) == 6 and axes[0].get_legend() is None  # one legend, in the last panel:
     assert [t.get_text() for t in axes[-1].get_legend().get_texts()] == ["a", "b", "seed 0", "seed 1", "seed 2"]
+    # the legend sits right of the last panel, so it covers no curve
+    fig = axes[-1].figure
+    fig.canvas.draw()
+    legend_box = axes[-1].get_legend().get_window_extent(fig.canvas.get_renderer())
+    assert legend_box.x0 >= axes[-1].get_window_extent().x1
     plt.close("all")
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from course_lib import viz
@@ -76,4 +77,17 @@ def test_plot_history_skips_epochs_without_validation_and_overlays_runs():
     assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["a", "b"]
     axes = plot_history(h)  # a single run: no legend
     assert axes[0].get_legend() is None and len(axes[0].lines[0].get_xdata()) == 4
+    plt.close("all")
+
+
+def test_plot_history_shows_scores_in_percent_and_losses_as_they_are():
+    import matplotlib.pyplot as plt
+
+    from course_lib.viz import plot_history
+
+    records = [{"epoch": 1, "train_loss": 0.5, "val_dsb": 0.25, "val_AP50": 0.5, "val_miou": 0.3, "lr": 0.01}]
+    keys = ("train_loss", "val_dsb", "val_AP50", "val_miou", "lr")
+    axes = plot_history(records, keys)
+    assert [float(ax.lines[0].get_ydata()[0]) for ax in axes] == pytest.approx([0.5, 25.0, 50.0, 30.0, 0.01])
+    assert [ax.get_ylabel() for ax in axes[1:4]] == ["%"] * 3 and axes[0].get_ylabel() == "loss"
     plt.close("all")
