@@ -28,6 +28,7 @@ from .engine import autocast, logits_of
 from .runtime import PROFILES, REPO_ROOT, Profile
 from .models import FCN, DeepLab, PatchClassifier, SegNet, UNet, convolutionalize, dense_logits, smp_model
 from .models.deeplab import scaled_rates
+from .watershed import CLASSES as WATERSHED_CLASSES
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 CAMVID_CLASSES = CamVid.num_classes
@@ -207,11 +208,9 @@ def _plan_10(cfg: dict, p: Profile) -> list[PlannedModel]:
     # the U-Net of the U-Net + watershed baseline, on the profile's detection crops; Mask R-CNN
     # trains on lists of images and targets, not a batch tensor, so tests/test_instance_seg.py
     # checks it at the profile's detection sizes instead
-    from .watershed import CLASSES
-
     return [PlannedModel("10", f"U-Net (width {cfg['unet_width']}), 3 classes for the watershed",
-                         partial(UNet, len(CLASSES), width=cfg["unet_width"]), p.detection_crop,
-                         p.detection_batch_size, len(CLASSES), eval_size=NUCLEI_EVAL_SIZE)]
+                         partial(UNet, len(WATERSHED_CLASSES), width=cfg["unet_width"]), p.detection_crop,
+                         p.detection_batch_size, len(WATERSHED_CLASSES), eval_size=NUCLEI_EVAL_SIZE)]
 
 
 PLANNERS: dict[str, Callable[[dict, Profile], list[PlannedModel]]] = {

@@ -180,23 +180,21 @@ class CocoMaskAP:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-        images, gt_anns, dt_anns, categories, max_dets = (self.images, self.gt_anns, self.dt_anns, self.categories,
-                                                          self.max_dets)
         keys = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR")
-        if not gt_anns:
+        if not self.gt_anns:
             return dict.fromkeys(keys, math.nan)
 
-        cats = [{"id": c, "name": str(c)} for c in sorted(categories)]
+        cats = [{"id": c, "name": str(c)} for c in sorted(self.categories)]
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco_gt, coco_dt = COCO(), COCO()
-            coco_gt.dataset = {"images": images, "categories": cats, "annotations": gt_anns}
-            coco_dt.dataset = {"images": images, "categories": cats, "annotations": dt_anns}
+            coco_gt.dataset = {"images": self.images, "categories": cats, "annotations": self.gt_anns}
+            coco_dt.dataset = {"images": self.images, "categories": cats, "annotations": self.dt_anns}
             coco_gt.createIndex()
             coco_dt.createIndex()
             E = COCOeval(coco_gt, coco_dt, iouType="segm")
             # evaluation keeps the maxDets[-1] best detections per image; the default [1, 10, 100]
             # would drop true positives in images with more than 100 nuclei
-            E.params.maxDets = [m for m in (1, 10) if m < max_dets] + [max_dets]
+            E.params.maxDets = [m for m in (1, 10) if m < self.max_dets] + [self.max_dets]
             E.evaluate()
             E.accumulate()
         precision = E.eval["precision"]  # [T IoU thresholds, R recall points, K categories, A areas, M maxDets]
