@@ -262,7 +262,11 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
     lo, hi = ax.get_ylim()
     if hi - lo < min_span:
         mid = (hi + lo) / 2
-        ax.set_ylim(mid - min_span / 2, mid + min_span / 2)
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    values = [scale * v for a in arms for v in s[a]["values"].values()]
+    if lo < 0 <= min(values, default=0.0):  # scores are never negative: no axis below 0 for values at 0
+        lo, hi = 0.0, max(hi - lo, hi)
+    ax.set_ylim(lo, hi)
     # seed names left of the last arm, pushed apart where values nearly coincide
     lo, hi = ax.get_ylim()
     gap, placed = 0.06 * (hi - lo), {}
@@ -342,6 +346,8 @@ def show_study(runs: list[dict], metrics: dict[str, str], comparisons: list[tupl
     plt.tight_layout()
     plt.show()
     if curves and all(r.get("history") for r in runs):
-        plot_curves(runs)
+        # colours follow the order of ``arms`` (the table's), so an arm keeps its colour between studies
+        order = {a: i for i, a in enumerate(arms or [])}
+        plot_curves(sorted(runs, key=lambda r: order.get(r["arm"], len(order))))
         plt.suptitle(f"{what}: training loss and val mIoU per epoch, every seed", fontsize=10, y=1.02)
         plt.show()

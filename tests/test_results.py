@@ -134,6 +134,8 @@ def test_plots_show_every_seed_and_curve(tmp_path):
     ax = R.plot_seeds(runs, "m", ["a", "b"])
     assert len(ax.lines) == 3  # one paired line per seed
     assert [round(float(c.get_segments()[0][0][1]), 3) for c in ax.collections] == [41.0, 51.0]
+    zero = [dict(r, metrics={"m": 0.0}) for r in runs]   # a score at 0 in every run: no axis below 0
+    assert R.plot_seeds(zero, "m", ["a", "b"]).get_ylim() == pytest.approx((0.0, 4.0))
     axes = R.plot_curves(runs)
     assert len(axes[0].lines) == 6 and axes[0].get_legend() is None  # one legend, in the last panel:
     assert [t.get_text() for t in axes[-1].get_legend().get_texts()] == ["a", "b", "seed 0", "seed 1", "seed 2"]
@@ -190,6 +192,14 @@ def test_show_study_prints_provenance_table_verdicts_and_draws(tmp_path, capsys)
     assert "12 epochs" in out and "seeds [0, 1, 2]" in out and "abc0def, abc1def, abc2def" in out
     assert "test mIoU: new − base: +5.0" in out and out.count("no difference at this budget") == 1
     assert len(plt.get_fignums()) == 2  # the seeds figure and the curves
+    # the curves colour the arms in the order given (recorded order: base, new), whatever the runs' order
+    curves = plt.figure(plt.get_fignums()[1]).axes[0]
+    assert [ln.get_color() for ln in curves.lines[::3]] == ["C0", "C1"]
+    plt.close("all")
+    R.show_study(runs, {"m": "test mIoU"}, [("new", "base")], arms=["new", "base"])
+    curves = plt.figure(plt.get_fignums()[1]).axes[0]
+    assert [ln.get_color() for ln in curves.lines[::3]] == ["C0", "C1"]
+    assert curves.lines[0].get_label() == "new"
     plt.close("all")
     R.show_study([], {"m": "x"}, [], missing="run: python benchmarks/x.py")
     assert "no runs recorded yet. run: python benchmarks/x.py" in capsys.readouterr().out
