@@ -54,9 +54,9 @@ def record(row: dict, path: Path = PATH) -> list[dict]:
     rows = [r for r in load(path) if (r["model"], r["profile"]) != (row["model"], row["profile"])]
     from datetime import datetime, timezone
 
-    from .results import git_commit
+    from .results import code_commit
 
-    row = {"commit": git_commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), **row}
+    row = {"commit": code_commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), **row}
     rows.append({c: row[c] for c in COLUMNS + PROVENANCE if c in row})
     rows.sort(key=lambda r: (r["profile"], -r["val_miou"]))
     path.parent.mkdir(parents=True, exist_ok=True)

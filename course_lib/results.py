@@ -47,9 +47,23 @@ def git_commit(root: Path = REPO_ROOT) -> str:
     return (sha or "unknown") + ("+dirty" if dirty and sha else "")
 
 
+def code_commit() -> str:
+    """The commit of the code this process runs: :func:`git_commit` of the course's checkout as
+    it was when this module was first imported, not when a result is recorded (a run of half an
+    hour must not take the commit of whatever was committed while it trained)."""
+    global _CODE_COMMIT
+    if _CODE_COMMIT is None:
+        _CODE_COMMIT = git_commit()
+    return _CODE_COMMIT
+
+
+_CODE_COMMIT: str | None = None
+code_commit()
+
+
 def provenance(device: torch.device, profile: str, precision: str, **extra) -> dict:
     """Where a result came from: command line, commit, profile, device, precision, versions, date."""
-    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": git_commit(),
+    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": code_commit(),
             "profile": profile, "device": device_name(device), "precision": precision,
             "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), **extra}

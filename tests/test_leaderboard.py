@@ -17,9 +17,9 @@ def test_record_replaces_and_renders(tmp_path):
     L.record(row("FCN-8s", "cpu", 0.42), p)
     L.record({**row("FCN-8s", "smoke", 0.01), "seed": 3, "unknown": 1}, p)
     rows = json.loads(p.read_text())
-    from course_lib.results import git_commit
+    from course_lib.results import code_commit
 
-    assert rows[-1]["seed"] == 3 and rows[-1]["commit"] == git_commit() and "unknown" not in rows[-1]
+    assert rows[-1]["seed"] == 3 and rows[-1]["commit"] == code_commit() and "unknown" not in rows[-1]
     assert "seed" not in rows[0] and len(rows[0]["date"]) == 16  # provenance: commit and date always, seed if given
     assert [(r["model"], r["profile"]) for r in rows] == [("U-Net", "cpu"), ("FCN-8s", "cpu"), ("FCN-8s", "smoke")]
     table = L.markdown_table(("cpu",), p)

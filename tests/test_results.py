@@ -229,3 +229,11 @@ def test_git_commit_is_dirty_for_code_not_for_results(tmp_path):
     assert not R.git_commit(tmp_path).endswith("+dirty")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert R.git_commit(tmp_path).endswith("+dirty")
+
+
+def test_provenance_keeps_the_commit_the_process_started_with(monkeypatch):
+    started = R.code_commit()
+    assert started == R.git_commit()
+    # a commit made while a long run trains must not be recorded as the code that ran
+    monkeypatch.setattr(R, "git_commit", lambda root=None: "0123456789ab")
+    assert R.provenance(torch.device("cpu"), "smoke", "fp32")["commit"] == started
