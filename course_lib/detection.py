@@ -14,6 +14,12 @@ image with "masks" ([D, 1, H, W] probabilities, or [D, H, W] 0/1), "scores" [D] 
   Boundary IoU over a dataset, at each image's full resolution.
 - :func:`masks_to_id_map` / :func:`detections_to_id_map` turn overlapping scored masks into
   one instance-id map (the highest score wins a pixel).
+- :func:`detection_ious` gives each detection's mask IoU with its best-matching ground truth
+  (how good each mask really is), :func:`detection_quality` that IoU and the model's scores
+  for every detection over a dataset (does the score rank masks by quality?).
+- :class:`PredictingDetector` gives a model with a ``predict(images)`` method (the basis
+  models of :mod:`course_lib.models.basis_instance`) that interface, so the functions above
+  train and score it too.
 """
 
 from __future__ import annotations
@@ -116,7 +122,7 @@ def _matched_boundary_ious(pred_ids: np.ndarray, gt_ids: np.ndarray, dilation_ra
 @torch.no_grad()
 def evaluate_instances(model: nn.Module, dataset: Dataset, device: torch.device, *, score_threshold: float = 0.5,
                        mask_threshold: float = 0.5, max_dets: int = 1000, progress: bool = True,
-                       precision: str | None = None) -> dict:
+                       precision: str | None = None, keep_key: str = "scores") -> dict:
     """Scores of a detection model on every item of ``dataset`` (image float [3, H, W] in 0..1,
     target with "masks" uint8 [N, H, W] and "labels"), one image at a time at full resolution.
 
@@ -126,6 +132,12 @@ def evaluate_instances(model: nn.Module, dataset: Dataset, device: torch.device,
     "boundary_iou": the mean Boundary IoU over GT instances matched at mask IoU > 0.5 in those
     maps (contour quality of the objects found; nan if none); "matched": how many;
     "images": how many}. All scores in [0, 1].
+
+    ``keep_key``: the output whose value must reach ``score_threshold`` for a detection to
+    enter the id map (default "scores"). A model that rescores its detections by predicted mask
+    quality (B2Inst's product of confidence, predicted IoU and boundary score) pass
+    "centre_scores": the detector decides which objects exist, the rescored "scores" still rank
+    them for AP and resolve overlaps.
     """
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("evaluate_instances got an empty dataset.")
@@ -135,11 +147,14 @@ def evaluate_instances(model: nn.Module, dataset: Dataset, device: torch.device,
         image, target = dataset[i]
         with engine.autocast(device, precision):
             out = model([torch.as_tensor(image).to(device)])[0]
-        out = {k: v.detach().float().cpu() if k in ("masks", "scores") else v.detach().cpu() for k, v in out.items()}
+        if keep_key not in out:
+            raise KeyError(f"keep_key {keep_key!r} is not among the model's outputs {sorted(out)}.")
+        out = {k: v.detach().float().cpu() if k in ("masks", "scores", keep_key) else v.detach().cpu()
+               for k, v in out.items()}
         # bool masks at once: Mask R-CNN's float [D, 1, H, W] takes 4 bytes per pixel and detection
         masks, scores = _binary_detection_masks(out["masks"], mask_threshold), out["scores"]
         gt_masks = torch.as_tensor(target["masks"])
-        keep = scores >= score_threshold
+        keep = out[keep_key] >= score_threshold
         pred_ids = masks_to_id_map(masks[keep], scores[keep])
         gt_ids = masks_to_id_map(gt_masks)
         dsb.append(dsb_score(pred_ids, gt_ids)["score"])
@@ -149,6 +164,89 @@ def evaluate_instances(model: nn.Module, dataset: Dataset, device: torch.device,
     ap = coco.compute()
     return {"AP": ap["AP"], "AP50": ap["AP50"], "AP75": ap["AP75"], "dsb": float(np.mean(dsb)),
             "boundary_iou": float(np.mean(biou)) if biou else math.nan, "matched": len(biou), "images": len(dsb)}
+
+
+def detection_ious(masks: torch.Tensor, gt_masks: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Each detection's best mask IoU with any ground-truth instance: binary masks bool/uint8
+    [D, H, W] and [G, H, W] → float [D] in [0, 1] (0 for an empty mask or without ground
+    truth). ``chunk`` detections at a time, so [chunk, H·W] floats at most."""
+    if masks.dim() != 3 or gt_masks.dim() != 3 or masks.shape[-2:] != gt_masks.shape[-2:]:
+        raise ValueError(f"masks [D, H, W] and gt_masks [G, H, W] of the same H, W expected, got "
+                         f"{tuple(masks.shape)} and {tuple(gt_masks.shape)}.")
+    if masks.is_floating_point() or gt_masks.is_floating_point():
+        raise ValueError("detection_ious takes binary masks (bool/uint8); threshold probabilities first (p > 0.5).")
+    out = torch.zeros(len(masks))
+    if len(masks) == 0 or len(gt_masks) == 0:
+        return out
+    g = (gt_masks != 0).flatten(1).float()
+    g_area = g.sum(1)
+    for s in range(0, len(masks), chunk):
+        p = (masks[s:s + chunk] != 0).flatten(1).float()
+        inter = p @ g.T  # [d, G]
+        union = p.sum(1)[:, None] + g_area[None] - inter
+        out[s:s + chunk] = (inter / union.clamp(min=1)).amax(1).cpu()
+    return out
+
+
+@torch.no_grad()
+def detection_quality(model: nn.Module, dataset: Dataset, device: torch.device, *, keys: Iterable[str] = ("scores",),
+                      mask_threshold: float = 0.5, precision: str | None = None) -> dict[str, np.ndarray]:
+    """For every detection of every item of ``dataset`` (as :func:`evaluate_instances` reads
+    it): its true mask IoU (``"iou"``, :func:`detection_ious` of the mask cut at
+    ``mask_threshold``), the model's ``keys`` (e.g. "scores", "centre_scores", "mask_iou") and
+    ``"image"``, the item's index; each a 1-D array over all detections."""
+    keys = tuple(keys)
+    model.eval()
+    cols: dict[str, list] = {k: [] for k in ("iou", "image", *keys)}
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        image, target = dataset[i]
+        with engine.autocast(device, precision):
+            out = model([torch.as_tensor(image).to(device)])[0]
+        missing = [k for k in keys if k not in out]
+        if missing:
+            raise KeyError(f"{missing} not among the model's outputs {sorted(out)}.")
+        masks = _binary_detection_masks(out["masks"].detach().float().cpu(), mask_threshold)
+        cols["iou"].append(detection_ious(masks, torch.as_tensor(target["masks"])).numpy())
+        cols["image"].append(np.full(len(masks), i))
+        for k in keys:
+            cols[k].append(out[k].detach().float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+
+
+# ------------------------------------------------------------------------------ models with predict()
+
+class PredictingDetector(nn.Module):
+    """torchvision's detection interface for a model that trains as ``model(images, targets)``
+    → dict of losses and predicts with ``model.predict(images, **predict_kwargs)`` → one dict
+    per image ("boxes", "scores", "labels", "masks" [N, H, W] in 0..1, ...), such as
+    :class:`~course_lib.models.BasisInstanceNet` (whose plain ``forward(images)`` returns raw
+    maps). Called with targets, or in training mode: the losses; otherwise: the predictions. So
+    :func:`fit_detection` trains it and :func:`evaluate_instances` scores it. The wrapped model
+    is ``.model`` (its weights are saved as ``model.*``).
+
+    ``boxes_from_masks`` (default True): drop the targets' "boxes", so that the model takes its
+    boxes from the masks. The course's detection transforms give pixel-edge boxes (x2 = last
+    column + 1, :func:`~course_lib.data.detection.pixel_boxes`, as Mask R-CNN needs), while
+    BasisInstanceNet reads x2 as the last column (``masks_to_boxes``); passing them on would
+    make every training box one pixel too wide and too tall."""
+
+    def __init__(self, model: nn.Module, boxes_from_masks: bool = True, **predict_kwargs):
+        super().__init__()
+        if not callable(getattr(model, "predict", None)):
+            raise TypeError(f"{type(model).__name__} has no predict(images) method; torchvision's detection "
+                            f"models need no wrapper.")
+        self.model = model
+        self.boxes_from_masks = boxes_from_masks
+        self.predict_kwargs = predict_kwargs
+
+    def forward(self, images, targets: list[dict] | None = None):
+        if targets is not None or self.training:
+            if targets is None:
+                raise ValueError("In training mode the model needs targets (call .eval() to predict).")
+            if self.boxes_from_masks:
+                targets = [{k: v for k, v in t.items() if k != "boxes"} for t in targets]
+            return self.model(images, targets)
+        return self.model.predict(images, **self.predict_kwargs)
 
 
 # ------------------------------------------------------------------------------ training
@@ -202,7 +300,8 @@ def fit_detection(model: nn.Module, train_loader: Iterable, val_dataset: Dataset
                   device: torch.device, epochs: int, optimizer: torch.optim.Optimizer, schedule: str = "onecycle",
                   checkpoint: str | Path | None = None, time_budget_s: float | None = None, progress: bool = True,
                   verbose: bool = True, precision: str | None = None, config: dict | None = None,
-                  val_every: int = 1, score_threshold: float = 0.5, max_grad_norm: float | None = 10.0) -> History:
+                  val_every: int = 1, score_threshold: float = 0.5, max_grad_norm: float | None = 10.0,
+                  keep_key: str = "scores") -> History:
     """Train a detection model for ``epochs`` (or until ``time_budget_s``), scoring
     ``val_dataset`` with :func:`evaluate_instances` every ``val_every`` epochs and after the
     last (0: never).
@@ -215,7 +314,8 @@ def fit_detection(model: nn.Module, train_loader: Iterable, val_dataset: Dataset
     (:class:`~course_lib.engine.CheckpointMismatchError`). One process only (no torchrun).
     Returns the :class:`~course_lib.engine.History`: per epoch ``train_loss`` (the summed
     losses), each of :data:`LOSS_KEYS`, ``lr``, ``time_s`` and, when scored, ``val_dsb``,
-    ``val_AP``, ``val_AP50``, ``val_AP75``.
+    ``val_AP``, ``val_AP50``, ``val_AP75``. ``score_threshold`` and ``keep_key`` go to
+    :func:`evaluate_instances`.
     """
     engine._check_checkpoint_writable(checkpoint)
     precision = precision or get_precision(device)
@@ -242,7 +342,7 @@ def fit_detection(model: nn.Module, train_loader: Iterable, val_dataset: Dataset
         done = epoch + 1 == epochs or out_of_time
         if val_dataset is not None and val_every > 0 and ((epoch + 1) % val_every == 0 or done):
             m = evaluate_instances(model, val_dataset, device, score_threshold=score_threshold, progress=progress,
-                                   precision=precision)
+                                   precision=precision, keep_key=keep_key)
             record.update(val_dsb=m["dsb"], val_AP=m["AP"], val_AP50=m["AP50"], val_AP75=m["AP75"])
         history.append(**record)
         if verbose:

@@ -417,3 +417,51 @@ def test_images_as_a_list_or_uint8_and_bad_images():
         net(torch.rand(1, 1, 32, 32))
     with pytest.raises(ValueError, match="targets for a batch"):
         net(img, [])
+
+
+def test_predicting_detector_trains_and_scores_through_the_detection_interface():
+    """PredictingDetector: losses with targets, predict() in eval mode, so evaluate_instances scores it;
+    keep_key="centre_scores" keeps what the detector found, whatever the rescoring."""
+    from course_lib.detection import PredictingDetector, detection_quality, evaluate_instances
+
+    img, target = _touching_discs()
+    net = BasisInstanceNet(boundary_basis=True, mask_scoring=True, num_prototypes=4, seed=0)
+    model = PredictingDetector(net, score_threshold=0.01).train()
+    losses = model([img[0]], [target])
+    assert set(losses) == {"heatmap", "size", "offset", "mask", "boundary", "mask_iou", "boundary_score"}
+    with pytest.raises(ValueError, match="needs targets"):
+        model([img[0]])
+    # pixel-edge boxes (x2 + 1, as the detection transforms give) are replaced by the masks' own boxes
+    edge_boxes = {**target, "boxes": target["boxes"] + torch.tensor([0.0, 0.0, 1.0, 1.0])}
+    torch.manual_seed(0)
+    a = model([img[0]], [edge_boxes])
+    torch.manual_seed(0)
+    b = model.model(img, [target])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model.eval()
+    (out,) = model([img[0]])
+    with torch.no_grad():
+        (direct,) = net.predict(img, score_threshold=0.01)
+    assert torch.equal(out["scores"], direct["scores"]) and torch.equal(out["masks"], direct["masks"])
+    assert bool((out["scores"] <= out["centre_scores"]).all())
+    dataset = [(img[0], {k: target[k] for k in ("masks", "labels")})]
+    m = evaluate_instances(model, dataset, torch.device("cpu"), progress=False, keep_key="centre_scores",
+                           score_threshold=0.01)
+    assert 0 <= m["AP"] <= 1 and m["images"] == 1
+    q = detection_quality(model, dataset, torch.device("cpu"), keys=("scores", "centre_scores", "mask_iou"))
+    n = len(out["scores"])
+    assert set(q) == {"iou", "image", "scores", "centre_scores", "mask_iou"} and all(len(v) == n for v in q.values())
+    assert np.allclose(q["scores"], out["scores"].numpy()) and bool(((q["iou"] >= 0) & (q["iou"] <= 1)).all())
+    with pytest.raises(KeyError, match="attention"):
+        detection_quality(model, dataset, torch.device("cpu"), keys=("attention",))
+    assert list(model.state_dict()) == [f"model.{k}" for k in net.state_dict()]
+    with pytest.raises(TypeError, match="no predict"):
+        PredictingDetector(torch.nn.Linear(2, 2))
+
+
+def test_b2inst_arms_are_the_four_switch_combinations():
+    from course_lib.models import B2INST_ARMS
+
+    assert list(B2INST_ARMS) == ["base", "boundary", "scoring", "both"]
+    assert {(a["boundary_basis"], a["mask_scoring"]) for a in B2INST_ARMS.values()} == \
+        {(False, False), (True, False), (False, True), (True, True)}

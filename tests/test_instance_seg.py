@@ -20,7 +20,7 @@ from course_lib.boundaries import instance_boundaries
 from course_lib.data.detection import collate_detection, detection_transforms, pixel_boxes
 from course_lib.data.instances import instance_target, read_id_map
 from course_lib.data.io import read_image
-from course_lib.detection import (LOSS_KEYS, detections_to_id_map, evaluate_instances, fit_detection,
+from course_lib.detection import (LOSS_KEYS, detection_ious, detections_to_id_map, evaluate_instances, fit_detection,
                                   masks_to_id_map)
 from course_lib.instance_metrics import dsb_score
 from course_lib.models import UNet, mask_rcnn
@@ -360,3 +360,57 @@ def test_fit_detection_records_losses_and_reuses_its_checkpoint(tmp_path, capsys
     assert "Loaded trained weights" in capsys.readouterr().out
     with pytest.raises(engine.CheckpointMismatchError, match="opt_lr"):
         run(lr=1e-4)
+
+
+class HalfScored(Oracle):
+    """The oracle with every detection rescored to 0.4, its "centre_scores" left at 1."""
+
+    def forward(self, images):
+        (out,) = super().forward(images)
+        return [{**out, "centre_scores": out["scores"], "scores": torch.full_like(out["scores"], 0.4)}]
+
+
+def test_evaluate_instances_keeps_detections_by_keep_key():
+    """A rescored model's low scores still rank (AP unchanged); keep_key decides what enters the id map."""
+    dataset = ItemList([nuclei_item("2e172afb1f43")], detection_transforms(train=False))
+    by_scores = evaluate_instances(HalfScored(dataset), dataset, CPU, progress=False)
+    by_centre = evaluate_instances(HalfScored(dataset), dataset, CPU, progress=False, keep_key="centre_scores")
+    assert by_scores["AP"] == pytest.approx(1.0) and by_centre["AP"] == pytest.approx(1.0)
+    assert by_scores["dsb"] == 0.0 and by_scores["matched"] == 0  # 0.4 < 0.5: nothing kept
+    assert by_centre["dsb"] == pytest.approx(1.0)
+    with pytest.raises(KeyError, match="keep_key 'nope'"):
+        evaluate_instances(HalfScored(dataset), dataset, CPU, progress=False, keep_key="nope")
+
+
+def test_smallest_images_picks_the_fewest_pixels_in_dataset_order():
+    from PIL import Image
+
+    from course_lib.data import Nuclei
+    from course_lib.data.detection import smallest_images
+
+    require_dataset("nuclei")
+    ds = Nuclei("val")
+    pixels = [Image.open(p).size[0] * Image.open(p).size[1] for p, _ in ds.pairs]
+    sub = smallest_images(ds, 5)
+    assert sub.indices == sorted(sub.indices) and len(sub) == 5
+    assert max(pixels[i] for i in sub.indices) <= min(p for i, p in enumerate(pixels) if i not in sub.indices)
+    assert smallest_images(ds, None) is ds and len(smallest_images(ds, 0)) == 0
+    with pytest.raises(TypeError, match="no .pairs"):
+        smallest_images(sub, 2)
+
+
+def test_detection_ious_are_each_detections_best_match():
+    gt = torch.zeros(2, 6, 8, dtype=torch.uint8)
+    gt[0, :2, :4] = 1   # 8 px
+    gt[1, 3:, 4:] = 1   # 12 px
+    pred = torch.zeros(4, 6, 8, dtype=torch.bool)
+    pred[0] = gt[0].bool()             # exact
+    pred[1, :2, :2] = True             # half of gt 0: 4 / 8
+    pred[2, 3:, 2:] = True             # gt 1 plus 6 px: 12 / 18
+    # pred 3 empty
+    ious = detection_ious(pred, gt)
+    assert torch.allclose(ious, torch.tensor([1.0, 0.5, 12 / 18, 0.0]))
+    assert torch.equal(detection_ious(pred, gt, chunk=1), ious)
+    assert torch.equal(detection_ious(pred, gt[:0]), torch.zeros(4))
+    with pytest.raises(ValueError, match="binary"):
+        detection_ious(pred.float(), gt)

@@ -155,6 +155,29 @@ WRONG: dict[str, list[tuple[str, str]]] = {
         ("dsb_toy",  # IoU ≥ t instead of IoU > t: nucleus 2 (IoU 0.6) also matched at t = 0.6
          "def dsb_toy():\n    return (3 * 2 / 4 + 7 * 1 / 5) / 10"),
     ],
+    "11_basis_instance": [
+        ("prototype_mask",  # not cropped to the box
+         "def prototype_mask(prototypes, coefficients, box):\n"
+         "    return torch.sigmoid(torch.einsum('k,khw->hw', coefficients, prototypes))"),
+        ("prototype_mask",  # x2, y2 read as exclusive: the last column and row of the box are lost
+         "def prototype_mask(prototypes, coefficients, box):\n"
+         "    x1, y1, x2, y2 = (int(v) for v in box)\n"
+         "    full = torch.sigmoid(torch.einsum('k,khw->hw', coefficients, prototypes))\n"
+         "    out = torch.zeros_like(full)\n"
+         "    out[y1:y2, x1:x2] = full[y1:y2, x1:x2]\n"
+         "    return out"),
+        ("boundary_target",  # the boundary of the merged foreground: the line between touching squares is lost
+         "def boundary_target(masks):\n"
+         "    lap = -np.ones((3, 3)); lap[1, 1] = 8\n"
+         "    fg = masks.any(0).astype(float)\n"
+         "    return (ndimage.convolve(fg, lap, mode='constant') > 0.1).astype(np.uint8)"),
+        ("s_boundary",  # Σ bp + Σ bg instead of the sums of squares: wrong for soft maps
+         "def s_boundary(bp, bg, eps=1.0):\n"
+         "    return float((2 * (bp * bg).sum() + eps) / (bp.sum() + bg.sum() + eps))"),
+        ("s_boundary",  # no ε: two empty maps give nan instead of 1
+         "def s_boundary(bp, bg, eps=1.0):\n"
+         "    return float(2 * (bp * bg).sum() / ((bp ** 2).sum() + (bg ** 2).sum()))"),
+    ],
 }
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
@@ -77,3 +80,20 @@ def collate_detection(batch: Sequence[tuple]) -> tuple[list, list]:
         raise ValueError("collate_detection got an empty batch.")
     images, targets = zip(*batch)
     return list(images), list(targets)
+
+
+def smallest_images(dataset: Dataset, n: int | None) -> Dataset:
+    """The ``n`` smallest images (fewest pixels; ties by position) of an instance dataset
+    that lists its files in ``.pairs`` (:class:`~course_lib.data.Nuclei`), as a ``Subset`` in
+    the dataset's own order; the whole dataset for ``n=None``. Only the image headers are read.
+    For quick evaluation at full resolution: large images cost the most to score."""
+    if n is None:
+        return dataset
+    if n < 0:
+        raise ValueError(f"n must be ≥ 0 or None, got {n}.")
+    pairs = getattr(dataset, "pairs", None)
+    if pairs is None:
+        raise TypeError(f"{type(dataset).__name__} has no .pairs (image file, mask file) list; pass the dataset "
+                        f"itself (e.g. Nuclei(...)), not a Subset of it.")
+    pixels = [int(np.prod(Image.open(image_path).size)) for image_path, _ in pairs]
+    return Subset(dataset, sorted(np.argsort(pixels, kind="stable")[:n].tolist()))

@@ -2,7 +2,7 @@
 Mask R-CNN, basis-based instance segmentation (CenterNet + YOLACT / BlendMask + B2Inst)."""
 
 from .backbones import ResNetFeatures
-from .basis_instance import (BasisInstanceNet, MaskScoringHead, blend, boundary_score, centernet_focal_loss,
+from .basis_instance import (B2INST_ARMS, BasisInstanceNet, MaskScoringHead, blend, boundary_score, centernet_focal_loss,
                              centernet_targets, crop_to_boxes, decode_centernet, gaussian_radius, paste_masks,
                              per_instance_boundaries, resample_roi, roi_basis, roi_sample_nearest, yolact_masks)
 from .common import PadToMultiple, count_parameters, pad_to_multiple, smp_model
@@ -18,6 +18,6 @@ from .upsampling import bilinear_kernel, bilinear_upsampler
 __all__ = ["ResNetFeatures", "PadToMultiple", "count_parameters", "pad_to_multiple", "smp_model", "DeepLab", "FCN", "mask_rcnn", "PatchClassifier",
            "convolutionalize", "dense_logits", "extract_patches", "pad_for_centres", "SegNet", "UNet",
            "bilinear_kernel", "bilinear_upsampler", "PretrainedWeightsError",
-           "BasisInstanceNet", "MaskScoringHead", "blend", "boundary_score", "centernet_focal_loss",
+           "B2INST_ARMS", "BasisInstanceNet", "MaskScoringHead", "blend", "boundary_score", "centernet_focal_loss",
            "centernet_targets", "crop_to_boxes", "decode_centernet", "gaussian_radius", "paste_masks",
            "per_instance_boundaries", "resample_roi", "roi_basis", "roi_sample_nearest", "yolact_masks"]

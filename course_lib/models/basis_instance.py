@@ -53,6 +53,12 @@ from .common import conv_bn_relu, pad_to_multiple
 STRIDE = 4  # of the heatmap, the prototypes/bases and the boundary basis
 DEFAULT_LOSS_WEIGHTS = {"heatmap": 1.0, "size": 0.1, "offset": 1.0,  # CenterNet's weights
                         "mask": 1.0, "boundary": 1.0, "mask_iou": 1.0, "boundary_score": 1.0}
+B2INST_ARMS = {"base": {"boundary_basis": False, "mask_scoring": False},
+               "boundary": {"boundary_basis": True, "mask_scoring": False},
+               "scoring": {"boundary_basis": False, "mask_scoring": True},
+               "both": {"boundary_basis": True, "mask_scoring": True}}
+"""B2Inst's ablation (notebook 11, ``benchmarks/basis_reference.py``): arm name → the switches of
+:class:`BasisInstanceNet`; "both" is B2Inst."""
 
 
 # ------------------------------------------------------------------------------ detector

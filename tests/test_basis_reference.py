@@ -1,0 +1,42 @@
+"""benchmarks/basis_reference.py (notebook 11's reference runs) in its --smoke mode: every arm
+of one seed trained a step or two on 4 nuclei crops and scored on 2 test images."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from course_lib import results as R
+from tests.conftest import require_dataset
+from tests.test_results import _script
+
+
+def test_smoke_mode_records_every_arm_once(tmp_path, capsys):
+    require_dataset("nuclei")
+    ref = _script("basis_reference")
+    before = torch.get_num_threads()
+    argv = ["--smoke", "--threads", "1", "--results-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    try:
+        ref.main(argv)
+        runs = R.load_results("basis_reference", tmp_path)["runs"]
+        assert sorted(r["arm"] for r in runs) == ["base", "both", "boundary", "scoring"]
+        assert {r["seed"] for r in runs} == {0}
+        for r in runs:
+            m = r["metrics"]
+            assert all(0 <= m[f"test_{k}"] <= 1 for k in ("AP", "AP50", "AP75", "dsb"))
+            assert m["test_boundary_iou"] is None or 0 <= m["test_boundary_iou"] <= 1  # None: nothing matched
+            assert m["test_detections"] >= 0 and math.isfinite(m["final_train_loss"])
+            assert r["provenance"]["profile"] == "smoke" and r["provenance"]["masks"] == "blendmask"
+            assert [h["epoch"] for h in r["history"]] == [1]
+        # the same seed: the same shared initial weights in every arm, so the base and both arms differ
+        # only by their switches (the parameter count says which parts were added)
+        params = {r["arm"]: r["params_m"] for r in runs}
+        assert params["base"] < params["boundary"] < params["both"] and params["base"] < params["scoring"] < params["both"]
+        ref.main(argv)
+        assert "already recorded, skipped" in capsys.readouterr().out
+        ref.main(["--summary", "--results-dir", str(tmp_path)])
+        out = capsys.readouterr().out
+        assert "score_iou_corr" in out and all(a in out for a in ("base", "boundary", "scoring", "both"))
+    finally:
+        torch.set_num_threads(before)
