@@ -208,14 +208,21 @@ def paired_differences(runs: list[dict], metric: str, arm: str, baseline: str) -
     return {seed: a[seed] - b[seed] for seed in sorted(set(a) & set(b))}
 
 
+MIN_SEEDS = 3
+"""Paired seeds a :func:`verdict` needs: with two, one lucky seed decides the spread."""
+
+
 def verdict(runs: list[dict], metric: str, arm: str, baseline: str, scale: float = 100.0) -> str:
     """One line on ``arm`` − ``baseline`` over the paired seeds: the mean difference, each seed's,
-    and whether it is a difference at all. The course claims one only when every seed agrees on
+    and whether it is a difference at all (from :data:`MIN_SEEDS` paired seeds on; fewer are
+    listed without a verdict). The course claims one only when every seed agrees on
     its sign and the mean difference exceeds both arms' seed spread (max − min); otherwise it
     says so ("no difference at this budget")."""
     d = paired_differences(runs, metric, arm, baseline)
-    if len(d) < 2:
-        return f"{arm} vs {baseline}: {len(d)} paired seed(s) so far, too few to compare."
+    if len(d) < MIN_SEEDS:
+        so_far = f" ({', '.join(f'{scale * v:+.1f}' for v in d.values())})" if d else ""
+        return (f"{arm} vs {baseline}: {len(d)} paired seed(s) so far{so_far}, too few to compare "
+                f"(a verdict needs {MIN_SEEDS}).")
     s = summarize(runs, metric)
     mean = sum(d.values()) / len(d)
     spread = max(s[arm]["spread"], s[baseline]["spread"])

@@ -162,6 +162,10 @@ def test_metric_paths_table_and_verdict(tmp_path):
     # all seeds +0.025 (half of m), spreads 0.01: still a difference on the nested metric
     assert "new is higher" in R.verdict(runs, "tri.2", "new", "base")
     assert "too few" in R.verdict(runs[:2], "m", "new", "base")
+    # two paired seeds that agree are still no verdict: they are listed, nothing is claimed
+    two = [r for r in runs if r["seed"] < 2]
+    assert R.verdict(two, "m", "new", "base") == ("new vs base: 2 paired seed(s) so far (+5.0, +4.0), "
+                                                  "too few to compare (a verdict needs 3).")
     t = R.study_table(runs, {"m": "test mIoU", "tri.2": "trimap 2 px"}, ["new", "base"])
     lines = t.splitlines()
     assert lines[1].startswith("new") and "46.0 [45.0, 47.0]" in lines[1] and lines[1].endswith("3")
