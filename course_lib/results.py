@@ -343,7 +343,9 @@ def show_study(runs: list[dict], metrics: dict[str, str], comparisons: list[tupl
         print(f"no runs recorded yet. {missing}".strip())
         return
     p = runs[0]["provenance"]
-    commits = sorted({r["provenance"].get("commit", "?")[:7] for r in runs})
+    # short hashes, keeping the mark of runs made from uncommitted code
+    commits = sorted({c[:7] + ("+dirty" if c.endswith("+dirty") else "")
+                      for c in (r["provenance"].get("commit", "?") for r in runs)})
     seeds = sorted({r["seed"] for r in runs})
     trained = f"{p['epochs']} epochs, " if p.get("epochs") else ""
     print(f"{what}: {trained}{p.get('profile', '?')} sizes, {p.get('device', '?')}, {p.get('precision', '?')}; "

@@ -207,6 +207,10 @@ def test_show_study_prints_provenance_table_verdicts_and_draws(tmp_path, capsys)
     plt.close("all")
     R.show_study([], {"m": "x"}, [], missing="run: python benchmarks/x.py")
     assert "no runs recorded yet. run: python benchmarks/x.py" in capsys.readouterr().out
+    runs[0]["provenance"]["commit"] = "abc0def0+dirty"   # a run from uncommitted code keeps its mark
+    R.show_study(runs[:1], {"m": "test mIoU"}, [], curves=False)
+    assert "commits abc0def+dirty;" in capsys.readouterr().out
+    plt.close("all")
 
 
 def test_study_table_scales_per_metric(tmp_path):
