@@ -42,7 +42,6 @@ another process (OpenMP threads wait for each other): measure before a long set.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +53,8 @@ from course_lib import data as D
 from course_lib.data.detection import collate_detection, detection_transforms
 from course_lib.detection import PredictingDetector, detection_quality, evaluate_instances, fit_detection
 from course_lib.models import B2INST_ARMS, BasisInstanceNet, count_parameters
-from course_lib.results import add_reference_arguments, provenance, record_run, recorded_runs, run_pending, summarize
+from course_lib.results import (add_budget_arguments, add_reference_arguments, apply_budget_arguments, provenance,
+                                record_run, recorded_runs, run_pending, summarize)
 from course_lib.runtime import REPO_ROOT, get_device, get_precision, get_profile, seed_everything
 
 ARMS = B2INST_ARMS
@@ -150,24 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--masks", default="blendmask", choices=("blendmask", "yolact"))
     ap.add_argument("--backbone", default="resnet10", choices=("resnet10", "resnet18", "resnet34"))
-    ap.add_argument("--minutes", type=float, default=30.0, help="training time budget per (arm, seed)")
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    ap.add_argument("--val-items", type=int, default=25, help="val images scored during training (curves)")
-    ap.add_argument("--val-points", type=int, default=4, help="how many validation points on each curve")
-    ap.add_argument("--smoke", action="store_true",
-                    help="smoke profile, 4 training images, 1 epoch, 1 val / 2 test images, one seed; results "
-                         "and checkpoints in a temporary folder unless --results-dir / --checkpoint-dir say otherwise")
+    add_budget_arguments(ap, "4 training images, 1 epoch, 1 val / 2 test images")
     args = ap.parse_args(argv)
     if args.summary:
         print_summary(args.study, args.results_dir)
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.smoke:
-        tmp = Path(tempfile.mkdtemp(prefix="basis_reference_smoke_"))
-        args.profile, args.epochs, args.seeds = "smoke", 1, args.seeds[:1]
-        args.results_dir = args.results_dir or tmp / "results"
-        args.checkpoint_dir = args.checkpoint_dir or tmp / "checkpoints"
+    apply_budget_arguments(args)
     prof, device = get_profile(args.profile), get_device()
     precision = get_precision(device)
     data = splits(args, prof)

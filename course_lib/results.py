@@ -133,6 +133,34 @@ def add_reference_arguments(parser, study: str, epochs: int, epochs_help: str = 
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="default: checkpoints/reference/")
 
 
+def add_budget_arguments(parser, smoke_help: str) -> None:
+    """The options of the reference scripts that train with a time budget and validate on a
+    subset (``nuclei_reference``, ``basis_reference``): --minutes, --threads, --val-items,
+    --val-points and --smoke (``smoke_help`` says what a smoke run trains);
+    :func:`apply_budget_arguments` acts on them."""
+    parser.add_argument("--minutes", type=float, default=30.0, help="training time budget per (arm, seed)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--val-items", type=int, default=25, help="val images scored during training (curves)")
+    parser.add_argument("--val-points", type=int, default=4, help="how many validation points on each curve")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"smoke profile, {smoke_help}, one seed; results and checkpoints in a temporary "
+                             f"folder unless --results-dir / --checkpoint-dir say otherwise")
+
+
+def apply_budget_arguments(args) -> None:
+    """--threads sets torch's threads; --smoke switches to the smoke profile, one epoch and the
+    first seed, with results and checkpoints in a new temporary folder unless given."""
+    import tempfile
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{args.study}_smoke_"))
+        args.profile, args.epochs, args.seeds = "smoke", 1, args.seeds[:1]
+        args.results_dir = args.results_dir or tmp / "results"
+        args.checkpoint_dir = args.checkpoint_dir or tmp / "checkpoints"
+
+
 def recorded_runs(name: str, root: Path | None = None) -> list[dict]:
     """The runs of ``results/<name>.json`` for a summary table; says so when there are none yet."""
     runs = load_results(name, root)["runs"]
