@@ -213,6 +213,13 @@ def _plan_10(cfg: dict, p: Profile) -> list[PlannedModel]:
                          p.detection_batch_size, len(WATERSHED_CLASSES), eval_size=NUCLEI_EVAL_SIZE)]
 
 
+CHECKED_ELSEWHERE = {
+    "11": "tests/test_basis_instance.py::test_basis_model_trains_at_the_notebooks_crop",
+}
+"""Training notebooks whose models take images and targets (lists, boxes, masks), which the plan's
+tensor interface does not model: the test named here trains each at the profile's sizes instead
+(notebook 10's Mask R-CNN: tests/test_instance_seg.py, beside its planned U-Net)."""
+
 PLANNERS: dict[str, Callable[[dict, Profile], list[PlannedModel]]] = {
     "02": _plan_02, "03": _plan_03, "05": _plan_05, "06": _plan_06, "07": _plan_07, "08": _plan_08, "09": _plan_09,
     "10": _plan_10,

@@ -465,3 +465,27 @@ def test_b2inst_arms_are_the_four_switch_combinations():
     assert list(B2INST_ARMS) == ["base", "boundary", "scoring", "both"]
     assert {(a["boundary_basis"], a["mask_scoring"]) for a in B2INST_ARMS.values()} == \
         {(False, False), (True, False), (False, True), (True, True)}
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+@pytest.mark.parametrize("masks", ["yolact", "blendmask"])
+def test_basis_model_trains_at_the_notebooks_crop(profile, masks):
+    """Notebook 11's models at its CFG crop and backbone for the profile, with every part switched
+    on (the gpu plan's shape check for them: they take images and targets, which
+    course_lib.gpu_plan does not model). Two images stand for the batch: finite losses, a
+    gradient for every parameter."""
+    from course_lib.gpu_plan import notebook_cfg
+
+    cfg = notebook_cfg("11", profile)
+    h, w = cfg["crop"]
+    r = min(h, w) / 8
+    discs = torch.stack([_disc(h / 2, w / 2 - r, r, size=max(h, w))[:h, :w],
+                         _disc(h / 2, w / 2 + r, r, size=max(h, w))[:h, :w]])
+    discs[1] &= ~discs[0]
+    target = {"boxes": masks_to_boxes(discs), "labels": torch.ones(2, dtype=torch.int64), "masks": discs.to(torch.uint8)}
+    net = BasisInstanceNet(masks=masks, backbone=cfg["backbone"], boundary_basis=True, mask_scoring=True, seed=0)
+    losses = net(torch.rand(2, 3, h, w), [target, target])
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None for p in net.parameters())
