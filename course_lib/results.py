@@ -375,7 +375,11 @@ def show_study(runs: list[dict], metrics: dict[str, str], comparisons: list[tupl
     commits = sorted({c[:7] + ("+dirty" if c.endswith("+dirty") else "")
                       for c in (r["provenance"].get("commit", "?") for r in runs)})
     seeds = sorted({r["seed"] for r in runs})
-    trained = f"{p['epochs']} epochs, " if p.get("epochs") else ""
+    epochs = {r["arm"]: r["provenance"].get("epochs") for r in runs}
+    if len(set(epochs.values())) > 1:   # arms with their own schedules: say each
+        trained = "epochs " + ", ".join(f"{e} ({a})" for a, e in epochs.items()) + "; "
+    else:
+        trained = f"{p['epochs']} epochs, " if p.get("epochs") else ""
     print(f"{what}: {trained}{p.get('profile', '?')} sizes, {p.get('device', '?')}, {p.get('precision', '?')}; "
           f"seeds {seeds}; commits {', '.join(commits)}; mean [min, max] over seeds\n")
     scales = scales or {}

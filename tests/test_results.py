@@ -207,6 +207,12 @@ def test_show_study_prints_provenance_table_verdicts_and_draws(tmp_path, capsys)
     plt.close("all")
     R.show_study([], {"m": "x"}, [], missing="run: python benchmarks/x.py")
     assert "no runs recorded yet. run: python benchmarks/x.py" in capsys.readouterr().out
+    for r in runs:   # arms with their own schedules are said each
+        if r["arm"] == "new":
+            r["provenance"] = dict(r["provenance"], epochs=8)
+    R.show_study(runs, {"m": "test mIoU"}, [], curves=False)
+    assert "epochs 12 (base), 8 (new);" in capsys.readouterr().out
+    plt.close("all")
     runs[0]["provenance"]["commit"] = "abc0def0+dirty"   # a run from uncommitted code keeps its mark
     R.show_study(runs[:1], {"m": "test mIoU"}, [], curves=False)
     assert "commits abc0def+dirty;" in capsys.readouterr().out
