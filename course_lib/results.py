@@ -16,6 +16,7 @@ File layout::
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -47,18 +48,15 @@ def git_commit(root: Path = REPO_ROOT) -> str:
     return (sha or "unknown") + ("+dirty" if dirty and sha else "")
 
 
+@functools.cache
 def code_commit() -> str:
     """The commit of the code this process runs: :func:`git_commit` of the course's checkout as
     it was when this module was first imported, not when a result is recorded (a run of half an
     hour must not take the commit of whatever was committed while it trained)."""
-    global _CODE_COMMIT
-    if _CODE_COMMIT is None:
-        _CODE_COMMIT = git_commit()
-    return _CODE_COMMIT
+    return git_commit()
 
 
-_CODE_COMMIT: str | None = None
-code_commit()
+code_commit()  # at import, i.e. when the process loaded the code
 
 
 def provenance(device: torch.device, profile: str, precision: str, **extra) -> dict:
