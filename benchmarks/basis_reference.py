@@ -53,9 +53,9 @@ from course_lib import data as D
 from course_lib.data.detection import collate_detection, detection_transforms
 from course_lib.detection import PredictingDetector, detection_quality, evaluate_instances, fit_detection
 from course_lib.models import B2INST_ARMS, BasisInstanceNet, count_parameters
-from course_lib.results import (add_budget_arguments, add_reference_arguments, apply_budget_arguments, provenance,
-                                record_run, recorded_runs, run_pending, summarize)
-from course_lib.runtime import REPO_ROOT, get_device, get_precision, get_profile, seed_everything
+from course_lib.results import (add_budget_arguments, add_reference_arguments, provenance, record_run, recorded_runs,
+                                run_budget_study, summarize)
+from course_lib.runtime import REPO_ROOT, seed_everything
 
 ARMS = B2INST_ARMS
 METRICS = ("AP", "AP50", "AP75", "dsb", "boundary_iou")
@@ -152,22 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backbone", default="resnet10", choices=("resnet10", "resnet18", "resnet34"))
     add_budget_arguments(ap, "4 training images, 1 epoch, 1 val / 2 test images")
     args = ap.parse_args(argv)
-    if args.summary:
-        print_summary(args.study, args.results_dir)
-        return
-    apply_budget_arguments(args)
-    prof, device = get_profile(args.profile), get_device()
-    precision = get_precision(device)
-    data = splits(args, prof)
-    print(f"study {args.study}: profile {prof.name}, {device} ({precision}, {torch.get_num_threads()} threads), "
-          f"{args.masks} masks, {args.backbone}, crop {prof.detection_crop}, batch {prof.detection_batch_size}, "
-          f"{len(data['train']) // prof.detection_batch_size} steps per epoch, arms {args.arms}, seeds {args.seeds}")
-    run_pending(args, lambda arm, seed: run_one(arm, seed, args, prof, device, precision, data),
-                lambda m: f"test AP {m['test_AP']:.3f}, AP75 {m['test_AP75']:.3f}, DSB {m['test_dsb']:.3f}, "
-                          f"Boundary IoU {m['test_boundary_iou']:.3f}, score–IoU corr {m['test_score_iou_corr']:.2f}")
-    print_summary(args.study, args.results_dir)
-    if args.smoke:
-        print(f"smoke results in {args.results_dir}")
+    run_budget_study(args, splits, run_one, print_summary=print_summary,
+                     setup=f"{args.masks} masks, {args.backbone}, ",
+                     describe=lambda m: f"test AP {m['test_AP']:.3f}, AP75 {m['test_AP75']:.3f}, DSB {m['test_dsb']:.3f}, "
+                                     f"Boundary IoU {m['test_boundary_iou']:.3f}, score–IoU corr {m['test_score_iou_corr']:.2f}")
 
 
 if __name__ == "__main__":

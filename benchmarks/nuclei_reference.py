@@ -46,9 +46,9 @@ from course_lib.data.detection import collate_detection, detection_transforms
 from course_lib.detection import evaluate_instances, fit_detection
 from course_lib.engine import fit
 from course_lib.models import UNet, count_parameters, mask_rcnn
-from course_lib.results import (add_budget_arguments, add_reference_arguments, apply_budget_arguments, provenance,
-                                record_run, recorded_runs, run_pending, summarize)
-from course_lib.runtime import REPO_ROOT, get_device, get_precision, get_profile, seed_everything
+from course_lib.results import (add_budget_arguments, add_reference_arguments, provenance, record_run, recorded_runs,
+                                run_budget_study, summarize)
+from course_lib.runtime import REPO_ROOT, seed_everything
 from course_lib.watershed import CLASSES, SemanticInstances, collate_three_class, three_class_weights
 
 
@@ -149,22 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     add_budget_arguments(ap, "4 training images, 1 epoch, 2 val / 2 test images")
     args = ap.parse_args(argv)
-    if args.summary:
-        print_summary(args.study, args.results_dir)
-        return
-    apply_budget_arguments(args)
-    prof, device = get_profile(args.profile), get_device()
-    precision = get_precision(device)
-    data = splits(args, prof)
-    print(f"study {args.study}: profile {prof.name}, {device} ({precision}, {torch.get_num_threads()} threads), "
-          f"crop {prof.detection_crop}, batch {prof.detection_batch_size}, "
-          f"{len(data['train']) // prof.detection_batch_size} steps per epoch, arms {args.arms}, seeds {args.seeds}")
-    run_pending(args, lambda arm, seed: run_one(arm, seed, args, prof, device, precision, data),
-                lambda m: f"test AP {m['test_AP']:.3f}, AP50 {m['test_AP50']:.3f}, AP75 {m['test_AP75']:.3f}, "
-                          f"DSB {m['test_dsb']:.3f}")
-    print_summary(args.study, args.results_dir)
-    if args.smoke:
-        print(f"smoke results in {args.results_dir}")
+    run_budget_study(args, splits, run_one, print_summary=print_summary,
+                     describe=lambda m: f"test AP {m['test_AP']:.3f}, AP50 {m['test_AP50']:.3f}, AP75 {m['test_AP75']:.3f}, "
+                                     f"DSB {m['test_dsb']:.3f}")
 
 
 if __name__ == "__main__":

@@ -183,6 +183,31 @@ def run_pending(args, run: Callable[[str, int], dict], describe: Callable[[dict]
             print(f"{arm} seed {seed}: {describe(metrics)} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
+def run_budget_study(args, splits: Callable, run_one: Callable, describe: Callable[[dict], str],
+                     print_summary: Callable, setup: str = "") -> None:
+    """The body of a time-budgeted detection reference script (``nuclei_reference``,
+    ``basis_reference``) once its options are parsed: ``--summary`` prints the table and stops;
+    otherwise :func:`apply_budget_arguments`, the splits built once (``splits(args, profile)`` →
+    ``{"train": Dataset, ...}``), then :func:`run_pending` with ``run_one(arm, seed, args, profile,
+    device, precision, data)`` → metrics. ``setup`` adds the script's own settings to the banner."""
+    from .runtime import get_device, get_precision, get_profile
+
+    if args.summary:
+        print_summary(args.study, args.results_dir)
+        return
+    apply_budget_arguments(args)
+    prof, device = get_profile(args.profile), get_device()
+    precision = get_precision(device)
+    data = splits(args, prof)
+    print(f"study {args.study}: profile {prof.name}, {device} ({precision}, {torch.get_num_threads()} threads), "
+          f"{setup}crop {prof.detection_crop}, batch {prof.detection_batch_size}, "
+          f"{len(data['train']) // prof.detection_batch_size} steps per epoch, arms {args.arms}, seeds {args.seeds}")
+    run_pending(args, lambda arm, seed: run_one(arm, seed, args, prof, device, precision, data), describe)
+    print_summary(args.study, args.results_dir)
+    if args.smoke:
+        print(f"smoke results in {args.results_dir}")
+
+
 def metric_value(run: dict, metric: str) -> float | None:
     """``run["metrics"][metric]``, where ``metric`` may reach inside: "test_trimap.5" (a key of a
     dict), "test_iou.3" (an index of a list, e.g. a class). None when absent or NaN."""
@@ -284,7 +309,7 @@ def study_table(runs: list[dict], metrics: dict[str, str], arms: list[str] | Non
 def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=None, scale: float = 100.0,
                label: str | None = None, min_span: float = 4.0):
     """Each seed's value of ``metric`` per arm (points, seeds joined across arms by thin lines:
-    the pairing, each seed named at the right) with the arm's mean (a red bar and its value),
+    the pairing, each seed named left of its first point, where no mean label is) with the arm's mean (a red bar and its value),
     so the spread is visible next to the difference. The y-axis spans at least ``min_span``
     (in scaled units: 4 points by default), so that a fraction of a point does not fill a panel."""
     import matplotlib.pyplot as plt
@@ -294,13 +319,13 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
     if ax is None:
         _, ax = plt.subplots(figsize=(1.3 * len(arms) + 2, 3.2))
     seeds = sorted({k for a in arms for k in s[a]["values"]})
-    labels = []  # (x, y, seed) of each seed's last point, named once the y-range is known
+    labels = []  # (x, y, seed) of each seed's first point, named once the y-range is known
     for seed in seeds:
         xs = [i for i, a in enumerate(arms) if seed in s[a]["values"]]
         ys = [scale * s[arms[i]]["values"][seed] for i in xs]
         ax.plot(xs, ys, "-o", color="0.6", lw=0.8, ms=4, zorder=2)
         if xs:
-            labels.append((xs[-1], ys[-1], seed))
+            labels.append((xs[0], ys[0], seed))
     for i, a in enumerate(arms):
         ax.hlines(scale * s[a]["mean"], i - 0.3, i + 0.3, color="C3", lw=2.5, zorder=3)
         ax.annotate(f"{scale * s[a]['mean']:.1f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
@@ -314,7 +339,7 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
     if lo < 0 <= min(values, default=0.0):  # scores are never negative: no axis below 0 for values at 0
         lo, hi = 0.0, max(hi - lo, hi)
     ax.set_ylim(lo, hi)
-    # seed names left of the last arm, pushed apart where values nearly coincide
+    # seed names left of the first arm (the means are named right of each bar), pushed apart where values nearly coincide
     lo, hi = ax.get_ylim()
     gap, placed = 0.06 * (hi - lo), {}
     for x, y, seed in sorted(labels, key=lambda t: (t[0], t[1])):

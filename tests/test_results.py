@@ -135,7 +135,19 @@ def test_plots_show_every_seed_and_curve(tmp_path):
     assert len(ax.lines) == 3  # one paired line per seed
     assert [round(float(c.get_segments()[0][0][1]), 3) for c in ax.collections] == [41.0, 51.0]
     zero = [dict(r, metrics={"m": 0.0}) for r in runs]   # a score at 0 in every run: no axis below 0
-    assert R.plot_seeds(zero, "m", ["a", "b"]).get_ylim() == pytest.approx((0.0, 4.0))
+    ax_zero = R.plot_seeds(zero, "m", ["a", "b"])
+    assert ax_zero.get_ylim() == pytest.approx((0.0, 4.0))
+    # four arms at 0 in a narrow panel (as in a row of panels): the seed names stay clear of the means' values
+    crowded = [dict(r, arm=arm, metrics={"m": 0.0}) for arm in "abcd" for r in runs if r["arm"] == "a"]
+    _, narrow = plt.subplots(figsize=(3.5, 3))
+    R.plot_seeds(crowded, "m", ax=narrow)
+    narrow.figure.canvas.draw()
+    names = [(t.get_text(), t.get_window_extent()) for t in narrow.texts]
+    seed_boxes = [b for text, b in names if text.startswith("s")]
+    mean_boxes = [b for text, b in names if not text.startswith("s")]
+    assert len(seed_boxes) == 3 and len(mean_boxes) == 4
+    assert not any(s.overlaps(m) for s in seed_boxes for m in mean_boxes)
+    plt.close("all")
     axes = R.plot_curves(runs)
     assert len(axes[0].lines) == 6 and axes[0].get_legend() is None  # one legend, in the last panel:
     assert [t.get_text() for t in axes[-1].get_legend().get_texts()] == ["a", "b", "seed 0", "seed 1", "seed 2"]
