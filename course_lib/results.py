@@ -339,14 +339,23 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
     if lo < 0 <= min(values, default=0.0):  # scores are never negative: no axis below 0 for values at 0
         lo, hi = 0.0, max(hi - lo, hi)
     ax.set_ylim(lo, hi)
-    # seed names left of the first arm (the means are named right of each bar), pushed apart where values nearly coincide
+    # seed names left of the first arm (the means are named right of each bar); where values nearly
+    # coincide they are pushed apart, the stack centred on the values and kept inside the panel
     lo, hi = ax.get_ylim()
-    gap, placed = 0.06 * (hi - lo), {}
-    for x, y, seed in sorted(labels, key=lambda t: (t[0], t[1])):
-        y_text = max(y, placed.get(x, -float("inf")) + gap)
-        placed[x] = y_text
-        ax.annotate(f"s{seed}", (x, y), xytext=(x - 0.22, y_text), va="center", ha="right", fontsize=7,
-                    color="0.45", arrowprops=dict(arrowstyle="-", color="0.75", lw=0.5) if y_text != y else None)
+    gap = 0.06 * (hi - lo)
+    for x in sorted({t[0] for t in labels}):
+        group = sorted((t for t in labels if t[0] == x), key=lambda t: t[1])
+        ys = [y for _, y, _ in group]
+        stacked = ys[:1]
+        for y in ys[1:]:
+            stacked.append(max(y, stacked[-1] + gap))
+        shift = sum(stacked) / len(stacked) - sum(ys) / len(ys)
+        shift = max(shift, stacked[-1] - (hi - gap / 2))   # not above the panel
+        shift = min(shift, stacked[0] - (lo + gap / 2))    # nor below it
+        for (_, y, seed), y_text in zip(group, stacked):
+            y_text -= shift
+            ax.annotate(f"s{seed}", (x, y), xytext=(x - 0.22, y_text), va="center", ha="right", fontsize=7, color="0.45",
+                        arrowprops=dict(arrowstyle="-", color="0.75", lw=0.5) if abs(y_text - y) > 1e-9 else None)
     ax.set_ylabel(label or metric)
     ax.set_title(f"{label or metric}: each seed (grey, paired) and the mean (red)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)

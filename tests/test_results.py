@@ -142,11 +142,16 @@ def test_plots_show_every_seed_and_curve(tmp_path):
     _, narrow = plt.subplots(figsize=(3.5, 3))
     R.plot_seeds(crowded, "m", ax=narrow)
     narrow.figure.canvas.draw()
-    names = [(t.get_text(), t.get_window_extent()) for t in narrow.texts]
+    from matplotlib.text import Text
+
+    names = [(t.get_text(), Text.get_window_extent(t)) for t in narrow.texts]  # the text alone, not its arrow
     seed_boxes = [b for text, b in names if text.startswith("s")]
     mean_boxes = [b for text, b in names if not text.startswith("s")]
     assert len(seed_boxes) == 3 and len(mean_boxes) == 4
     assert not any(s.overlaps(m) for s in seed_boxes for m in mean_boxes)
+    assert not any(a.overlaps(b) for i, a in enumerate(seed_boxes) for b in seed_boxes[i + 1:])  # nor each other
+    frame = narrow.get_window_extent()
+    assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in seed_boxes)  # and stay inside the panel
     plt.close("all")
     axes = R.plot_curves(runs)
     assert len(axes[0].lines) == 6 and axes[0].get_legend() is None  # one legend, in the last panel:
