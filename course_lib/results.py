@@ -330,7 +330,7 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
         ax.hlines(scale * s[a]["mean"], i - 0.3, i + 0.3, color="C3", lw=2.5, zorder=3)
         ax.annotate(f"{scale * s[a]['mean']:.1f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
     ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
-    ax.set_xlim(-0.6, len(arms) - 0.4 + 0.5)
+    ax.set_xlim(-0.75, len(arms) - 0.4 + 0.5)
     lo, hi = ax.get_ylim()
     if hi - lo < min_span:
         mid = (hi + lo) / 2
@@ -354,7 +354,7 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
         shift = min(shift, stacked[0] - (lo + gap / 2))    # nor below it
         for (_, y, seed), y_text in zip(group, stacked):
             y_text -= shift
-            ax.annotate(f"s{seed}", (x, y), xytext=(x - 0.22, y_text), va="center", ha="right", fontsize=7, color="0.45",
+            ax.annotate(f"s{seed}", (x, y), xytext=(x - 0.36, y_text), va="center", ha="right", fontsize=7, color="0.45",
                         arrowprops=dict(arrowstyle="-", color="0.75", lw=0.5) if abs(y_text - y) > 1e-9 else None)
     ax.set_ylabel(label or metric)
     ax.set_title(f"{label or metric}: each seed (grey, paired) and the mean (red)", fontsize=10)

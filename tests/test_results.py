@@ -150,6 +150,8 @@ def test_plots_show_every_seed_and_curve(tmp_path):
     assert len(seed_boxes) == 3 and len(mean_boxes) == 4
     assert not any(s.overlaps(m) for s in seed_boxes for m in mean_boxes)
     assert not any(a.overlaps(b) for i, a in enumerate(seed_boxes) for b in seed_boxes[i + 1:])  # nor each other
+    bar_start = narrow.transData.transform((-0.3, 0.0))[0]   # the first arm's mean bar spans x = -0.3 … 0.3
+    assert all(b.x1 <= bar_start for b in seed_boxes)           # the names end before it
     frame = narrow.get_window_extent()
     assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in seed_boxes)  # and stay inside the panel
     plt.close("all")
