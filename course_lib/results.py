@@ -328,7 +328,8 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
             labels.append((xs[0], ys[0], seed))
     for i, a in enumerate(arms):
         ax.hlines(scale * s[a]["mean"], i - 0.3, i + 0.3, color="C3", lw=2.5, zorder=3)
-        ax.annotate(f"{scale * s[a]['mean']:.1f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
+        digits = 1 if scale >= 100 else 2   # percentages to 0.1; unscaled values (a correlation) to 0.01
+        ax.annotate(f"{scale * s[a]['mean']:.{digits}f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
     ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
     ax.set_xlim(-0.75, len(arms) - 0.4 + 0.5)
     lo, hi = ax.get_ylim()
