@@ -309,9 +309,10 @@ def study_table(runs: list[dict], metrics: dict[str, str], arms: list[str] | Non
 def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=None, scale: float = 100.0,
                label: str | None = None, min_span: float = 4.0):
     """Each seed's value of ``metric`` per arm (points, seeds joined across arms by thin lines:
-    the pairing, each seed named left of its first point, where no mean label is) with the arm's mean (a red bar and its value),
-    so the spread is visible next to the difference. The y-axis spans at least ``min_span``
-    (in scaled units: 4 points by default), so that a fraction of a point does not fill a panel."""
+    the pairing, each seed named left of its first point, where no mean label is) with the arm's
+    mean (a red bar and its value), so the spread is visible next to the difference. The y-axis
+    spans at least ``min_span`` (in scaled units: 4 points by default), so that a fraction of a
+    point does not fill a panel."""
     import matplotlib.pyplot as plt
 
     s = summarize(runs, metric)
@@ -326,9 +327,9 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
         ax.plot(xs, ys, "-o", color="0.6", lw=0.8, ms=4, zorder=2)
         if xs:
             labels.append((xs[0], ys[0], seed))
+    digits = 1 if scale >= 100 else 2   # percentages to 0.1; unscaled values (a correlation) to 0.01
     for i, a in enumerate(arms):
         ax.hlines(scale * s[a]["mean"], i - 0.3, i + 0.3, color="C3", lw=2.5, zorder=3)
-        digits = 1 if scale >= 100 else 2   # percentages to 0.1; unscaled values (a correlation) to 0.01
         ax.annotate(f"{scale * s[a]['mean']:.{digits}f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
     ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
     ax.set_xlim(-0.75, len(arms) - 0.4 + 0.5)
