@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .metrics import dilate
@@ -164,3 +165,19 @@ def instance_boundaries(masks: torch.Tensor) -> torch.Tensor:
         out |= (lap[0] > 0.1).any(0)  # BMask R-CNN clamps at 0 first: a no-op before a threshold > 0
     return out.to(torch.uint8)
 
+
+
+def touching_pixels(ids) -> np.ndarray:
+    """Where instances touch: ids int [H, W] (0 = background, k > 0 = instance k) → bool [H, W],
+    True at each instance pixel with a 4-neighbour in another instance (both sides of a contact
+    line). Used to find crowded regions for figures."""
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"touching_pixels takes an instance-id map [H, W], got shape {ids.shape}; "
+                         f"turn instance masks [N, H, W] into one with masks_to_id_map first.")
+    touching = np.zeros(ids.shape, bool)
+    for here, there in ((np.s_[1:, :], np.s_[:-1, :]), (np.s_[:, 1:], np.s_[:, :-1])):  # vertical, horizontal pairs
+        contact = (ids[here] != ids[there]) & (ids[here] > 0) & (ids[there] > 0)
+        touching[here] |= contact
+        touching[there] |= contact
+    return touching

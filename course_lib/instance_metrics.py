@@ -42,10 +42,10 @@ def _check_id_map(name: str, ids: np.ndarray) -> None:
         raise ValueError(f"{name} has negative ids (min {ids.min()}); ids must be ≥ 0 (0 = background).")
 
 
-def _pairwise_iou(gt_ids: np.ndarray, pred_ids: np.ndarray) -> np.ndarray:
-    """IoU of every (GT instance, predicted instance) pair → float [N_gt, N_pred], rows and
-    columns in increasing id order. One joint histogram of the (gt index, pred index) of
-    every pixel gives all intersections (and, summed, the areas) at once."""
+def _joint_counts(gt_ids: np.ndarray, pred_ids: np.ndarray) -> np.ndarray:
+    """Pixel counts of every (GT index, predicted index) pair → int [N_gt + 1, N_pred + 1], index
+    0 = background, then the instances in increasing id order: one joint histogram gives all
+    intersections (row/column 1:) and, summed, all areas."""
     def index(ids):  # ids → 0 (background), 1..N in increasing id order
         uniq, inv = np.unique(ids.ravel(), return_inverse=True)
         if uniq.size == 0 or uniq[0] != 0:  # no background pixel: keep index 0 for it anyway
@@ -54,10 +54,34 @@ def _pairwise_iou(gt_ids: np.ndarray, pred_ids: np.ndarray) -> np.ndarray:
 
     n_g, g = index(gt_ids)
     n_p, p = index(pred_ids)
-    joint = np.bincount(g.astype(np.int64) * n_p + p, minlength=n_g * n_p).reshape(n_g, n_p)
+    return np.bincount(g.astype(np.int64) * n_p + p, minlength=n_g * n_p).reshape(n_g, n_p)
+
+
+def _pairwise_iou(gt_ids: np.ndarray, pred_ids: np.ndarray) -> np.ndarray:
+    """IoU of every (GT instance, predicted instance) pair → float [N_gt, N_pred], rows and
+    columns in increasing id order."""
+    joint = _joint_counts(gt_ids, pred_ids)
     inter = joint[1:, 1:]
     union = joint[1:].sum(1)[:, None] + joint[:, 1:].sum(0)[None, :] - inter  # every area > 0
     return inter / union
+
+
+def merges_and_splits(pred_ids, gt_ids) -> tuple[int, int]:
+    """How an instance map goes wrong on touching objects: pred_ids, gt_ids int [H, W] (0 =
+    background) → (merges, splits). A **merge** is a predicted instance that covers more than
+    half of each of two or more true objects; a **split** is a true object of which two or
+    more predicted instances each cover at least a quarter."""
+    pred_ids, gt_ids = _to_numpy(pred_ids), _to_numpy(gt_ids)
+    _check_id_map("pred_ids", pred_ids)
+    _check_id_map("gt_ids", gt_ids)
+    if pred_ids.shape != gt_ids.shape:
+        raise ValueError(f"pred_ids {pred_ids.shape} and gt_ids {gt_ids.shape} must have the same [H, W]")
+    joint = _joint_counts(gt_ids, pred_ids)
+    gt_area = joint[1:].sum(1)
+    if gt_area.size == 0 or joint.shape[1] == 1:
+        return 0, 0
+    cover = joint[1:, 1:] / gt_area[:, None]  # [N_gt, N_pred]: the fraction of each true object
+    return int(((cover > 0.5).sum(0) >= 2).sum()), int(((cover >= 0.25).sum(1) >= 2).sum())
 
 
 def dsb_score(pred_ids, gt_ids, thresholds=DSB_THRESHOLDS) -> dict:

@@ -165,3 +165,30 @@ def test_instance_boundaries_of_no_instances_and_bad_input():
         instance_boundaries(torch.zeros(6, 9, dtype=torch.uint8))
     with pytest.raises(ValueError, match="threshold probabilities"):
         instance_boundaries(torch.rand(2, 6, 9))
+
+
+def test_touching_pixels_mark_both_sides_of_each_contact_and_nothing_else():
+    from course_lib.boundaries import touching_pixels
+
+    ids = np.zeros((6, 9), int)
+    ids[1:4, 1:4] = 1
+    ids[1:4, 4:6] = 2      # touches 1 along columns 3 | 4
+    ids[4, 4:6] = 3        # touches 2 along rows 3 | 4
+    ids[1:3, 7:9] = 4      # alone (a background column between it and 2)
+    got = touching_pixels(ids)
+    # brute force: an instance pixel with a 4-neighbour of another instance
+    want = np.zeros_like(got)
+    for r in range(6):
+        for c in range(9):
+            for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < 6 and 0 <= cc < 9 and ids[r, c] > 0 and ids[rr, cc] > 0 and ids[rr, cc] != ids[r, c]:
+                    want[r, c] = True
+    assert np.array_equal(got, want)
+    assert got[1:4, 3].all() and got[1:4, 4].all() and got[3, 4:6].all() and got[4, 4:6].all()
+    assert not got[:, 7:].any() and not got[ids == 0].any()
+    # diagonal neighbours do not touch
+    diag = np.array([[1, 0], [0, 2]])
+    assert not touching_pixels(diag).any()
+    with pytest.raises(ValueError, match="masks_to_id_map"):
+        touching_pixels(np.zeros((2, 4, 4), int))

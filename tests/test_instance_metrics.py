@@ -395,3 +395,36 @@ def test_boundary_iou_refuses_bad_input():
         boundary_iou(m, m, dilation_ratio=0)
     with pytest.raises(ValueError, match="metric"):
         boundary_iou(m, m, metric="manhattan")
+
+
+def test_merges_and_splits_count_what_the_definitions_say():
+    from course_lib.instance_metrics import merges_and_splits
+
+    gt = np.zeros((8, 16), int)
+    gt[1:7, 1:4], gt[1:7, 4:7] = 1, 2          # two touching nuclei ...
+    gt[1:7, 9:15] = 3                           # ... and a third one alone
+    pred = np.zeros_like(gt)
+    pred[1:7, 1:7] = 5                          # one instance over 1 and 2: a merge
+    pred[1:7, 9:12], pred[1:7, 12:15] = 7, 9    # 3 cut in halves: a split
+    assert merges_and_splits(pred, gt) == (1, 1)
+    assert merges_and_splits(gt, gt) == (0, 0)
+    # a quarter is enough for a split, a half is not enough for a merge
+    pred2 = np.zeros_like(gt)
+    pred2[1:7, 9:10] = 1                        # 6 of 36 px of nucleus 3: under a quarter
+    pred2[1:7, 10:15] = 2
+    assert merges_and_splits(pred2, gt) == (0, 0)
+    pred2[1:7, 9:11] = 1                        # 12 of 36: a third
+    assert merges_and_splits(pred2, gt)[1] == 1
+    half = np.zeros_like(gt)
+    half[1:4, 1:7] = 4                          # exactly half of 1 and of 2: not more than half
+    assert merges_and_splits(half, gt) == (0, 0)
+    assert merges_and_splits(np.zeros_like(gt), gt) == (0, 0) and merges_and_splits(gt, np.zeros_like(gt)) == (0, 0)
+    # the same counts from the per-pair masks, on random maps
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        g, p = rng.integers(0, 5, (12, 12)), rng.integers(0, 6, (12, 12))
+        cover = np.array([[((g == a) & (p == b)).sum() / (g == a).sum() for b in np.unique(p[p > 0])]
+                          for a in np.unique(g[g > 0])])
+        assert merges_and_splits(p, g) == (int(((cover > 0.5).sum(0) >= 2).sum()), int(((cover >= 0.25).sum(1) >= 2).sum()))
+    with pytest.raises(ValueError, match="same"):
+        merges_and_splits(gt[:4], gt)

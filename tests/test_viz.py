@@ -91,3 +91,24 @@ def test_plot_history_shows_scores_in_percent_and_losses_as_they_are():
     assert [float(ax.lines[0].get_ydata()[0]) for ax in axes] == pytest.approx([0.5, 25.0, 50.0, 30.0, 0.01])
     assert [ax.get_ylabel() for ax in axes[1:4]] == ["%"] * 3 and axes[0].get_ylabel() == "loss"
     plt.close("all")
+
+
+def test_densest_window_is_the_window_with_most_points():
+    from course_lib.viz import densest_window
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        H, W = rng.integers(3, 15, size=2)
+        points = rng.random((H, W)) < 0.3
+        h, w = int(rng.integers(1, 18)), int(rng.integers(1, 18))
+        rows, cols = densest_window(points, (h, w))
+        hh, ww = min(h, H), min(w, W)
+        assert (rows.stop - rows.start, cols.stop - cols.start) == (hh, ww)
+        assert 0 <= rows.start and rows.stop <= H and 0 <= cols.start and cols.stop <= W
+        best = max(points[r:r + hh, c:c + ww].sum() for r in range(H - hh + 1) for c in range(W - ww + 1))
+        assert points[rows, cols].sum() == best
+    # a single cluster near the bottom-right corner: the window reaches the edge and holds it all
+    points = np.zeros((40, 50), bool)
+    points[35:40, 44:50] = True
+    rows, cols = densest_window(points, 16)
+    assert points[rows, cols].sum() == points.sum() and rows.stop <= 40 and cols.stop <= 50
