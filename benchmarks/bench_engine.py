@@ -15,8 +15,8 @@ colour jitter; batch size from the profile):
 Both arms see the same number of steps; a step's time includes fetching its batch. It prints
 seconds per epoch, the ratio plain / engine, and (for the plain loop) the share of the step
 spent waiting for data. ``--bf16-steps N`` also times N steps with bf16 autocast forced, to
-show what bf16 costs on a CPU without native bf16. Writes ``results/bench_engine.json`` with
-its provenance. Needs CamVid under $COURSE_DATA_DIR (or <repo>/data).
+show what bf16 costs on a CPU without native bf16. Writes ``results/bench_engine.json`` (or
+``--study``'s name) with its provenance. Needs CamVid under $COURSE_DATA_DIR (or <repo>/data).
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed first steps (kernel selection)")
     ap.add_argument("--bf16-steps", type=int, default=0,
                     help="also time this many steps (after warm-up) of the engine with bf16 forced")
-    ap.add_argument("--no-record", action="store_true", help="do not write results/bench_engine.json")
+    ap.add_argument("--no-record", action="store_true", help="do not write results/<study>.json")
+    ap.add_argument("--study", default="bench_engine",
+                    help="results/<study>.json to write: one file per kind of machine, since a run replaces the "
+                         "same model's row (e.g. bench_engine_avx512 on a CPU with native bf16)")
     args = ap.parse_args()
     prof, device = get_profile(args.profile), get_device()
     precision = get_precision(device)
@@ -142,7 +145,7 @@ def main() -> None:
                   f"({row['engine']['s_per_step'] / per_step:.2f}x the engine's {precision} speed)")
         row["speedup"] = ratio
         if not args.no_record:
-            record_run("bench_engine", name, 0, row, provenance=prov, params_m=count_parameters(model) / 1e6,
+            record_run(args.study, name, 0, row, provenance=prov, params_m=count_parameters(model) / 1e6,
                        steps_timed=n_steps - args.warmup, steps_per_epoch=steps_per_epoch,
                        description="Seconds per training epoch, data included: a plain fp32 NCHW loop that decodes "
                                    "every epoch vs the course engine (decode once, channels_last, auto precision).")

@@ -19,6 +19,8 @@ def _close(got: Any, expected: Any, atol: float) -> bool:
         got_t = torch.as_tensor(got, dtype=torch.float64)
         exp_t = torch.as_tensor(expected, dtype=torch.float64)
         return got_t.shape == exp_t.shape and bool(torch.allclose(got_t, exp_t, atol=atol, equal_nan=True))
+    if isinstance(expected, dict) and isinstance(got, dict):  # {8: (22, 30)} and {8: [22, 30]} alike
+        return set(got) == set(expected) and all(_close(got[k], expected[k], atol) for k in expected)
     if isinstance(expected, (tuple, list)) and isinstance(got, (tuple, list)):  # (10, 18) and [10, 18] alike
         return len(got) == len(expected) and all(_close(g, e, atol) for g, e in zip(got, expected))
     if isinstance(expected, float) or isinstance(got, float):

@@ -1,8 +1,9 @@
 """The course's CamVid leaderboard: notebooks record results, the README shows them.
 
 Two sources, both committed outputs of real runs:
-- the notebooks' live runs, ``results/camvid_leaderboard.json``, one row per (model, profile);
-  recording again replaces the row;
+- the notebooks' live runs, ``results/camvid_leaderboard.json``, one row per (notebook, model,
+  profile): two notebooks may train a model of the same name (08's and 09's DeepLab v3+) without
+  one erasing the other; recording again from the same notebook replaces its row;
 - the reference runs, ``results/camvid_reference.json`` (``benchmarks/camvid_reference.py``):
   one row per arm, the mean over its seeds with the range (:func:`reference_rows`).
 
@@ -45,13 +46,14 @@ def _check_row(row: dict) -> None:
 
 
 def record(row: dict, path: Path = PATH) -> list[dict]:
-    """Add or replace the row with the same (model, profile); written atomically. The row keeps
+    """Add or replace the row with the same (notebook, model, profile); written atomically. The row keeps
     its provenance: ``seed`` if given, and the checkout's ``commit`` and the ``date`` (UTC)."""
     missing = [c for c in COLUMNS if c not in row]
     if missing:
         raise ValueError(f"leaderboard row lacks {missing}")
     _check_row(row)
-    rows = [r for r in load(path) if (r["model"], r["profile"]) != (row["model"], row["profile"])]
+    key = ("notebook", "model", "profile")
+    rows = [r for r in load(path) if tuple(r.get(k) for k in key) != tuple(row[k] for k in key)]
     from datetime import datetime, timezone
 
     from .results import code_commit

@@ -356,7 +356,7 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
         shift = min(shift, stacked[0] - (lo + gap / 2))    # nor below it
         for (_, y, seed), y_text in zip(group, stacked):
             y_text -= shift
-            ax.annotate(f"s{seed}", (x, y), xytext=(x - 0.36, y_text), va="center", ha="right", fontsize=7, color="0.45",
+            ax.annotate(f"s{seed}", (x, y), xytext=(x - 0.36, y_text), va="center", ha="right", fontsize=8, color="0.4",
                         arrowprops=dict(arrowstyle="-", color="0.75", lw=0.5) if abs(y_text - y) > 1e-9 else None)
     ax.set_ylabel(label or metric)
     ax.set_title(f"{label or metric}: each seed (grey, paired) and the mean (red)", fontsize=10)
@@ -390,6 +390,21 @@ def plot_curves(runs: list[dict], keys: tuple[str, ...] = ("train_loss", "val_mi
     return axes
 
 
+def _by_seed(runs: list[dict], key: str) -> str:
+    """A provenance field shared by all runs ("bf16"), or, where seeds were run differently (on
+    two machines, say), which seeds had which value ("fp32 (seed 0), bf16 (seeds 1, 2)")."""
+    seeds_of: dict[str, set] = {}
+    for r in runs:
+        seeds_of.setdefault(str(r["provenance"].get(key, "?")), set()).add(r["seed"])
+    if len(seeds_of) == 1:
+        return next(iter(seeds_of))
+    parts = []
+    for value, seeds in sorted(seeds_of.items(), key=lambda kv: min(kv[1])):
+        seeds = sorted(seeds)
+        parts.append(f"{value} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})")
+    return ", ".join(parts)
+
+
 def show_study(runs: list[dict], metrics: dict[str, str], comparisons: list[tuple[str, str]],
                arms: list[str] | None = None, verdict_metrics: list[str] | None = None, curves: bool = True,
                what: str = "reference run", missing: str = "", scales: dict[str, float] | None = None) -> None:
@@ -414,7 +429,7 @@ def show_study(runs: list[dict], metrics: dict[str, str], comparisons: list[tupl
         trained = "epochs " + ", ".join(f"{e} ({a})" for a, e in epochs.items()) + "; "
     else:
         trained = f"{p['epochs']} epochs, " if p.get("epochs") else ""
-    print(f"{what}: {trained}{p.get('profile', '?')} sizes, {p.get('device', '?')}, {p.get('precision', '?')}; "
+    print(f"{what}: {trained}{p.get('profile', '?')} sizes, {_by_seed(runs, 'device')}, {_by_seed(runs, 'precision')}; "
           f"seeds {seeds}; commits {', '.join(commits)}; mean [min, max] over seeds\n")
     scales = scales or {}
     print(study_table(runs, metrics, arms, scales=scales))

@@ -36,6 +36,17 @@ def test_check_accepts_a_list_for_a_tuple():
         check(lambda: [10, 17], [((), (10, 18))])
 
 
+def test_check_compares_dicts_key_by_key():
+    expected = {8: (22, 30), 16: (11, 15)}
+    assert check(lambda: {8: [22, 30], 16: torch.tensor([11, 15])}, [((), expected)])
+    with pytest.raises(AssertionError):  # a wrong value
+        check(lambda: {8: (22, 30), 16: (11, 16)}, [((), expected)])
+    with pytest.raises(AssertionError):  # a missing key
+        check(lambda: {8: (22, 30)}, [((), expected)])
+    with pytest.raises(AssertionError):  # the right values under the wrong keys
+        check(lambda: {"8": (22, 30), "16": (11, 15)}, [((), expected)])
+
+
 def test_check_names_the_case_whose_answer_raises():
     def shape_bug(n):
         return torch.ones(n) + torch.ones(3)

@@ -30,6 +30,15 @@ def test_record_replaces_and_renders(tmp_path):
         L.record({"model": "x"}, p)
 
 
+def test_same_model_name_from_two_notebooks_keeps_both_rows(tmp_path):
+    p = tmp_path / "lb.json"
+    L.record({**row("DeepLab v3+", "cpu", 0.40), "notebook": "08"}, p)
+    L.record({**row("DeepLab v3+", "cpu", 0.38), "notebook": "09"}, p)
+    L.record({**row("DeepLab v3+", "cpu", 0.41), "notebook": "08"}, p)  # 08 again: replaces 08's row only
+    rows = json.loads(p.read_text())
+    assert sorted((r["notebook"], r["val_miou"]) for r in rows) == [("08", 0.41), ("09", 0.38)]
+
+
 @pytest.mark.parametrize("field,value", [("val_miou", float("nan")), ("test_miou", 1.7), ("val_miou", -0.1),
                                          ("train_s", float("inf")), ("params_m", "12")])
 def test_record_refuses_non_finite_or_out_of_range_numbers(tmp_path, field, value):

@@ -232,6 +232,12 @@ def test_show_study_prints_provenance_table_verdicts_and_draws(tmp_path, capsys)
     R.show_study(runs, {"m": "test mIoU"}, [], curves=False)
     assert "epochs 12 (base), 8 (new);" in capsys.readouterr().out
     plt.close("all")
+    for r in runs:   # seeds run at different precisions (two machines) are said per seed, not from the first run
+        if r["seed"] > 0:
+            r["provenance"] = dict(r["provenance"], precision="bf16")
+    R.show_study(runs, {"m": "test mIoU"}, [], curves=False)
+    assert ", fp32 (seed 0), bf16 (seeds 1, 2);" in capsys.readouterr().out
+    plt.close("all")
     runs[0]["provenance"]["commit"] = "abc0def0+dirty"   # a run from uncommitted code keeps its mark
     R.show_study(runs[:1], {"m": "test mIoU"}, [], curves=False)
     assert "commits abc0def+dirty;" in capsys.readouterr().out
