@@ -270,18 +270,19 @@ def verdict(runs: list[dict], metric: str, arm: str, baseline: str, scale: float
     its sign and the mean difference exceeds both arms' seed spread (max − min); otherwise it
     says so ("no difference at this budget")."""
     d = paired_differences(runs, metric, arm, baseline)
+    digits = 1 if scale >= 100 else 3   # points of a percentage to 0.1; unscaled values (a correlation) to 0.001
     if len(d) < MIN_SEEDS:
-        so_far = f" ({', '.join(f'{scale * v:+.1f}' for v in d.values())})" if d else ""
+        so_far = f" ({', '.join(f'{scale * v:+.{digits}f}' for v in d.values())})" if d else ""
         return (f"{arm} vs {baseline}: {len(d)} paired seed(s) so far{so_far}, too few to compare "
                 f"(a verdict needs {MIN_SEEDS}).")
     s = summarize(runs, metric)
     mean = sum(d.values()) / len(d)
     spread = max(s[arm]["spread"], s[baseline]["spread"])
-    seeds = ", ".join(f"{scale * v:+.1f}" for v in d.values())
+    seeds = ", ".join(f"{scale * v:+.{digits}f}" for v in d.values())
     same_sign = all(v > 0 for v in d.values()) or all(v < 0 for v in d.values())
     real = same_sign and abs(mean) > spread
     word = ("higher" if mean > 0 else "lower") if real else "no difference at this budget"
-    return (f"{arm} − {baseline}: {scale * mean:+.1f} (seeds {seeds}; seed spread {scale * spread:.1f}) → "
+    return (f"{arm} − {baseline}: {scale * mean:+.{digits}f} (seeds {seeds}; seed spread {scale * spread:.{digits}f}) → "
             + (f"{arm} is {word}" if real else word))
 
 

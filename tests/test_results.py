@@ -185,6 +185,8 @@ def test_metric_paths_table_and_verdict(tmp_path):
     two = [r for r in runs if r["seed"] < 2]
     assert R.verdict(two, "m", "new", "base") == ("new vs base: 2 paired seed(s) so far (+5.0, +4.0), "
                                                   "too few to compare (a verdict needs 3).")
+    # unscaled values (a correlation) keep three decimals: at 0.1 a difference of 0.08 would read "-0.1 … spread 0.0"
+    assert "(+0.050, +0.040)" in R.verdict(two, "m", "new", "base", scale=1.0)
     t = R.study_table(runs, {"m": "test mIoU", "tri.2": "trimap 2 px"}, ["new", "base"])
     lines = t.splitlines()
     assert lines[1].startswith("new") and "46.0 [45.0, 47.0]" in lines[1] and lines[1].endswith("3")
