@@ -166,7 +166,6 @@ def instance_boundaries(masks: torch.Tensor) -> torch.Tensor:
     return out.to(torch.uint8)
 
 
-
 def touching_pixels(ids) -> np.ndarray:
     """Where instances touch: ids int [H, W] (0 = background, k > 0 = instance k) → bool [H, W],
     True at each instance pixel with a 4-neighbour in another instance (both sides of a contact
