@@ -14,9 +14,14 @@ budget. Recipes:
   default the whole --size) + flip + colour jitter,
   AdamW with a one-cycle schedule fitted to the budget, the same class weights.
 
-The number of epochs is set from the measured speed of a few warm-up steps so that a
-recipe's LR schedule ends when the budget does; ``fit``'s time budget is the hard stop.
-For controlled comparisons (same number of epochs whatever the speed), pass --epochs.
+The number of epochs is set from the measured speed of a few warm-up steps (in the precision
+training will use: bf16 autocast where the CPU or GPU has it) so that a recipe's LR schedule
+ends when the budget does; ``fit``'s time budget is the hard stop. For controlled comparisons
+(same number of epochs whatever the speed), pass --epochs.
+
+Each run is written to ``results/<--study>.json`` (default ``camvid_budget``) with its
+provenance (command, commit, device, precision, seed, wall time, per-epoch training loss), keyed
+by its label (model, recipe, size, budget) and seed. --record also adds it to the leaderboard.
 Needs CamVid under $COURSE_DATA_DIR (or <repo>/data).
 """
 
@@ -26,6 +31,7 @@ import argparse
 import copy
 import math
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -33,19 +39,30 @@ from torchvision.transforms import v2
 
 from course_lib import data as D
 from course_lib import leaderboard
-from course_lib.engine import evaluate, fit, prefers_channels_last
+from course_lib.engine import autocast, evaluate, fit, prefers_channels_last
 from course_lib.losses import CEDiceLoss, class_weights, pixel_counts
-from course_lib.models import FCN, SegNet, UNet, count_parameters
-from course_lib.runtime import get_device, seed_everything
+from course_lib.models import FCN, DeepLab, SegNet, UNet, count_parameters
+from course_lib.models.deeplab import scaled_rates
+from course_lib.results import provenance, record_run
+from course_lib.runtime import get_device, get_precision, seed_everything
 
 
-def build_model(name: str, num_classes: int) -> torch.nn.Module:
+def _deeplabv3plus(backbone: str, num_classes: int, size: tuple[int, int]) -> torch.nn.Module:
+    # as in notebook 08 and camvid_reference.py: v3's rates rescaled to the training resolution
+    rates = scaled_rates("aspp_v3", 16, resolution_scale=size[0] / 360)
+    return DeepLab(num_classes, head="aspp_v3", backbone=backbone, output_stride=16, decoder=True, channels=128,
+                   rates=rates)
+
+
+def build_model(name: str, num_classes: int, size: tuple[int, int] = (176, 240)) -> torch.nn.Module:
     if name.startswith("smp-unet-"):
         import segmentation_models_pytorch as smp
 
         encoder = {"r18": "resnet18", "r34": "resnet34"}[name.split("-")[-1]]
         return smp.Unet(encoder, encoder_weights=None, classes=num_classes)
     builders = {"fcn8s-r18": lambda: FCN(num_classes, "8s", "resnet18"),
+                "fcn8s-r10": lambda: FCN(num_classes, "8s", "resnet10"),
+                "deeplabv3plus-r10": lambda: _deeplabv3plus("resnet10", num_classes, size),
                 "unet-w16": lambda: UNet(num_classes, width=16),
                 "segnet-w16": lambda: SegNet(num_classes, width=16)}
     if name not in builders:
@@ -60,13 +77,17 @@ def transforms_for(recipe: str, size: tuple[int, int], scale: tuple[float, float
     return D.train_transforms(size, scale=scale, crop=crop, color=color)
 
 
-def seconds_per_epoch(model, loader, loss_fn, device, steps: int = 8, warmup: int = 3) -> float:
-    """Time a few training steps on a throwaway copy of the model (the first ``warmup`` steps,
-    which include oneDNN / cuDNN kernel selection, are not counted)."""
+def seconds_per_epoch(model, loader, loss_fn, device, precision: str, steps: int = 15, warmup: int = 3) -> float:
+    """Time a few training steps on a throwaway copy of the model, in ``precision`` as ``fit``
+    will train it (the first ``warmup`` steps, which include oneDNN / cuDNN kernel selection,
+    are not counted). The mean, not the median: random rescaling makes some batches slower, and
+    an estimate that is too low lets the time budget stop training before the schedule ends."""
     probe = copy.deepcopy(model).to(device).train()
     if prefers_channels_last(device):  # as fit() will train it
         probe.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
+    steps = min(steps, len(loader))
+    warmup = min(warmup, steps - 1)
     it = iter(loader)
     times = []
     for _ in range(steps):
@@ -74,17 +95,26 @@ def seconds_per_epoch(model, loader, loss_fn, device, steps: int = 8, warmup: in
         x, y = next(it)
         if prefers_channels_last(device):
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = loss_fn(probe(x.to(device)), y.to(device))
+        with autocast(device, precision):
+            logits = probe(x.to(device))
+        loss = loss_fn(logits.float(), y.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
     times = times[warmup:]
-    per_step = sorted(times)[len(times) // 2]
-    return per_step * len(loader)
+    return sum(times) / len(times) * len(loader)
 
 
-def main() -> None:
+def camvid(split: str, max_items: int | None) -> D.CamVid:
+    """A CamVid split, cut to its first ``max_items`` images if given (for quick checks)."""
+    ds = D.CamVid(split)
+    if max_items:
+        ds.items = ds.items[:max_items]
+    return ds
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smp-unet-r18")
     ap.add_argument("--recipe", choices=["baseline", "course"], default="baseline")
@@ -101,47 +131,71 @@ def main() -> None:
                     help="class-weighted cross-entropy, or that plus the Dice loss (course_lib.losses.CEDiceLoss)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="train exactly this many epochs (for controlled comparisons) instead of fitting the budget")
-    ap.add_argument("--record", action="store_true", help="add the result to the README leaderboard")
-    args = ap.parse_args()
+    ap.add_argument("--study", default="camvid_budget", help="results/<study>.json that the run is written to")
+    ap.add_argument("--results-dir", type=Path, default=None, help="where <study>.json lives (default: results/)")
+    ap.add_argument("--max-items", type=int, default=None, help="use only the first N images of each split (quick checks)")
+    ap.add_argument("--record", action="store_true", help="also add the result to the README leaderboard")
+    args = ap.parse_args(argv)
+    if args.record and args.max_items:
+        ap.error("--record scores the whole val and test splits: drop --max-items")
     seed_everything(args.seed)
     device, size, budget = get_device(), tuple(args.size), 60 * args.minutes
+    precision = get_precision(device)
+    start = time.perf_counter()
 
     # each split decoded once into memory (train at --size: the recipe's first Resize is then a no-op)
-    train_set = D.InMemory(D.CamVid("train"), size, transforms_for(args.recipe, size, tuple(args.scale) if args.scale else None,
+    train_set = D.InMemory(camvid("train", args.max_items), size, transforms_for(args.recipe, size, tuple(args.scale) if args.scale else None,
                                                                    args.crop and tuple(args.crop), color=not args.no_color))
-    val_set = D.InMemory(D.CamVid("val"), transforms=D.eval_transforms())
-    test_set = D.InMemory(D.CamVid("test"), transforms=D.eval_transforms())
-    C = train_set.num_classes
+    val_set = D.InMemory(camvid("val", args.max_items), transforms=D.eval_transforms())
+    test_set = D.InMemory(camvid("test", args.max_items), transforms=D.eval_transforms())
+    C = D.CamVid.num_classes
     weights = class_weights(pixel_counts(train_set, C)).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=255)
     if args.loss == "wce+dice":
         loss_fn = CEDiceLoss(weight=weights)
     train_loader = DataLoader(train_set, batch_size=args.batch, shuffle=True, drop_last=True,
                               generator=torch.Generator().manual_seed(args.seed))
-    model = build_model(args.model, C)
-    epoch_s = seconds_per_epoch(model, train_loader, loss_fn, device)
-    epochs = args.epochs or max(1, round(budget / epoch_s))
+    model = build_model(args.model, C, size)
     if args.epochs:
-        budget = float("inf")
+        epochs, budget, speed = args.epochs, float("inf"), f"{args.epochs} epochs"
+    else:
+        epoch_s = seconds_per_epoch(model, train_loader, loss_fn, device, precision)
+        epochs = max(1, round(budget / epoch_s))
+        speed = f"budget {args.minutes:g} min: about {epoch_s:.0f} s/epoch -> {epochs} epochs"
     recipe = args.recipe if args.recipe == "baseline" else (f"course, scale {args.scale[0]:g}-{args.scale[1]:g}" if args.scale else "course") + (
         f", {args.crop[0]}x{args.crop[1]} crops" if args.crop else "") + (", no colour jitter" if args.no_color else "")
     recipe += f", loss {args.loss}, lr {args.lr:g}"
     print(f"{args.model} ({count_parameters(model) / 1e6:.2f} M params), recipe {recipe}, {size[0]}x{size[1]}, "
-          f"budget {args.minutes:g} min on {leaderboard.device_name(device)}: about {epoch_s:.0f} s/epoch -> {epochs} epochs")
+          f"on {leaderboard.device_name(device)} ({precision}), {speed}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     t0 = time.perf_counter()
     history = fit(model, train_loader, None, num_classes=C, device=device, epochs=epochs, optimizer=opt,
                   loss_fn=loss_fn, schedule="constant" if args.recipe == "baseline" else "onecycle",
-                  time_budget_s=None if math.isinf(budget) else budget)
+                  time_budget_s=None if math.isinf(budget) else budget, precision=precision)
     train_s = time.perf_counter() - t0
     loaders = {s: DataLoader(ds, batch_size=8) for s, ds in (("val", val_set), ("test", test_set))}
-    res = {s: evaluate(model, dl, C, device, input_size=size, progress=False) for s, dl in loaders.items()}
+    res = {s: evaluate(model, dl, C, device, input_size=size, progress=False, precision=precision)
+           for s, dl in loaders.items()}
     print(f"trained {len(history)} epochs in {train_s:.0f} s" + ("" if math.isinf(budget) else f" ({train_s / budget:.2f} of the budget)"))
     print(f"val mIoU {100 * res['val']['miou']:.1f} | test mIoU {100 * res['test']['miou']:.1f} "
           f"(full 360x480 labels, void ignored)")
     print("val per-class IoU: " + ", ".join(f"{c} {100 * v:.0f}" for c, v in zip(D.CamVid.classes, res["val"]["iou"].tolist())))
+    # the label keeps the precision: runs on machines with and without native bf16 are kept apart
+    length = f"{args.epochs} epochs" if args.epochs else f"{args.minutes:g} min budget"
+    label = f"{args.model} ({recipe}; {size[0]}x{size[1]}; {length}, {precision})"
+    metrics = {"val_miou": res["val"]["miou"], "test_miou": res["test"]["miou"], "val_iou": res["val"]["iou"],
+               "test_iou": res["test"]["iou"], "epochs": len(history), "planned_epochs": epochs,
+               "final_train_loss": history.records[-1]["train_loss"] if history.records else None}
+    prov = provenance(device, "cpu" if device.type == "cpu" else "gpu", precision, recipe=recipe, lr=args.lr,
+                      train_size=list(size), crop=list(args.crop or size), batch_size=args.batch,
+                      budget_min=None if args.epochs else args.minutes, model=args.model,
+                      max_items=args.max_items)
+    path = record_run(args.study, label, args.seed, metrics, provenance=prov, history=history.records,
+                      wall_s=time.perf_counter() - start, train_s=train_s, params_m=count_parameters(model) / 1e6,
+                      root=args.results_dir)
+    print(f"written to {path}")
     if args.record:
-        leaderboard.record(dict(model=f"{args.model} ({recipe}; {args.minutes:g} min budget)", notebook="benchmark",
+        leaderboard.record(dict(model=label, notebook="benchmark",
                                 params_m=count_parameters(model) / 1e6, profile="cpu" if device.type == "cpu" else "gpu",
                                 device=leaderboard.device_name(device), train_size=f"{size[0]}x{size[1]}", train_s=train_s,
                                 val_miou=res["val"]["miou"], test_miou=res["test"]["miou"]))

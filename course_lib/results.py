@@ -328,7 +328,7 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
         ax.plot(xs, ys, "-o", color="0.6", lw=0.8, ms=4, zorder=2)
         if xs:
             labels.append((xs[0], ys[0], seed))
-    digits = 1 if scale >= 100 else 2   # percentages to 0.1; unscaled values (a correlation) to 0.01
+    digits = 1 if scale >= 100 else 3   # percentages to 0.1; unscaled values (a correlation) to 0.001, as verdict
     for i, a in enumerate(arms):
         ax.hlines(scale * s[a]["mean"], i - 0.3, i + 0.3, color="C3", lw=2.5, zorder=3)
         ax.annotate(f"{scale * s[a]['mean']:.{digits}f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
@@ -441,8 +441,14 @@ def show_study(runs: list[dict], metrics: dict[str, str], comparisons: list[tupl
             print(f"{metrics[m]:>{width}}: {verdict(runs, m, arm, baseline, scales.get(m, 100.0))}")
     n = len(metrics)
     n_arms = len(arms or {r["arm"] for r in runs})
-    fig, axes = plt.subplots(1, n, figsize=(min(16, n * (1.1 * n_arms + 1.6)), 3.6), squeeze=False)
-    for ax, (m, label) in zip(axes[0], metrics.items()):
+    # panels at least 4.5 in wide, so arm names and mean labels do not overlap; more rows if needed
+    panel_w = max(4.5, 1.1 * n_arms + 1.6)
+    ncols = max(1, min(n, int(16 // panel_w)))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * panel_w, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (m, label) in zip(axes.flat, metrics.items()):
         k = scales.get(m, 100.0)
         plot_seeds(runs, m, arms, ax=ax, scale=k, label=f"{label} (%)" if k == 100 else label,
                    min_span=4.0 if k == 100 else 0.0)

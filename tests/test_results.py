@@ -278,3 +278,49 @@ def test_provenance_keeps_the_commit_the_process_started_with(monkeypatch):
     # a commit made while a long run trains must not be recorded as the code that ran
     monkeypatch.setattr(R, "git_commit", lambda root=None: "0123456789ab")
     assert R.provenance(torch.device("cpu"), "smoke", "fp32")["commit"] == started
+
+
+@pytest.mark.realdata
+def test_budget_script_writes_its_run_with_provenance(camvid_dir, tmp_path, capsys):
+    """benchmarks/camvid_budget.py on a few CamVid images: one run in results/<study>.json,
+    keyed by a label that names the precision, with the per-epoch history; --record refuses a
+    subset (the leaderboard holds whole-split scores only)."""
+    from course_lib.runtime import get_device, get_precision
+
+    budget = _script("camvid_budget")
+    argv = ["--model", "unet-w16", "--recipe", "course", "--size", "48", "64", "--batch", "2", "--epochs", "2",
+            "--max-items", "4", "--study", "b", "--results-dir", str(tmp_path)]
+    budget.main(argv)
+    (run,) = R.load_results("b", tmp_path)["runs"]
+    precision = get_precision(get_device())
+    assert run["arm"] == f"unet-w16 (course, loss wce, lr 0.001; 48x64; 2 epochs, {precision})" and run["seed"] == 0
+    assert run["provenance"]["precision"] == precision and run["provenance"]["max_items"] == 4
+    assert [h["epoch"] for h in run["history"]] == [1, 2] and run["metrics"]["epochs"] == 2
+    assert 0 <= run["metrics"]["test_miou"] <= 1 and len(run["metrics"]["val_iou"]) == 11
+    with pytest.raises(SystemExit):
+        budget.main(argv + ["--record"])
+    assert "drop --max-items" in capsys.readouterr().err
+
+
+def test_show_study_wraps_many_panels_so_arm_names_stay_apart(tmp_path):
+    """Six metrics of four arms (notebook 11's ablation): panels wrap into rows at a width where
+    neighbouring arm names on the x-axis do not overlap."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("Agg")
+    metrics = {f"m{i}": f"metric {i}" for i in range(6)}
+    for arm in ("base", "boundary", "scoring", "both"):
+        for seed in range(3):
+            R.record_run("wide", arm, seed, {m: 0.3 + 0.01 * seed for m in metrics}, provenance={}, root=tmp_path)
+    plt.close("all")
+    R.show_study(R.load_results("wide", tmp_path)["runs"], metrics, [], arms=["base", "boundary", "scoring", "both"],
+                 curves=False)
+    fig = plt.figure(plt.get_fignums()[0])
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 6 and len({round(ax.get_position().y0, 3) for ax in shown}) >= 2
+    fig.canvas.draw()
+    for ax in shown:
+        boxes = [t.get_window_extent() for t in ax.get_xticklabels()]
+        assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+    plt.close("all")
