@@ -41,17 +41,14 @@ from course_lib import data as D
 from course_lib import leaderboard
 from course_lib.engine import autocast, evaluate, fit, prefers_channels_last
 from course_lib.losses import CEDiceLoss, class_weights, pixel_counts
-from course_lib.models import FCN, DeepLab, SegNet, UNet, count_parameters
-from course_lib.models.deeplab import scaled_rates
+from course_lib.models import FCN, SegNet, UNet, count_parameters
 from course_lib.results import provenance, record_run
 from course_lib.runtime import get_device, get_precision, seed_everything
 
+from camvid_reference import ARMS  # same folder: the reference runs' architectures, built the same way
 
-def _deeplabv3plus(backbone: str, num_classes: int, size: tuple[int, int]) -> torch.nn.Module:
-    # as in notebook 08 and camvid_reference.py: v3's rates rescaled to the training resolution
-    rates = scaled_rates("aspp_v3", 16, resolution_scale=size[0] / 360)
-    return DeepLab(num_classes, head="aspp_v3", backbone=backbone, output_stride=16, decoder=True, channels=128,
-                   rates=rates)
+# models built exactly as the reference runs build them (DeepLab's rates rescaled to the training size)
+REFERENCE_MODELS = ("fcn8s-r10", "deeplabv3plus-r10")
 
 
 def build_model(name: str, num_classes: int, size: tuple[int, int] = (176, 240)) -> torch.nn.Module:
@@ -61,12 +58,13 @@ def build_model(name: str, num_classes: int, size: tuple[int, int] = (176, 240))
         encoder = {"r18": "resnet18", "r34": "resnet34"}[name.split("-")[-1]]
         return smp.Unet(encoder, encoder_weights=None, classes=num_classes)
     builders = {"fcn8s-r18": lambda: FCN(num_classes, "8s", "resnet18"),
-                "fcn8s-r10": lambda: FCN(num_classes, "8s", "resnet10"),
-                "deeplabv3plus-r10": lambda: _deeplabv3plus("resnet10", num_classes, size),
                 "unet-w16": lambda: UNet(num_classes, width=16),
                 "segnet-w16": lambda: SegNet(num_classes, width=16)}
+    if name in REFERENCE_MODELS:
+        return ARMS[name].build(num_classes, size)
     if name not in builders:
-        raise SystemExit(f"unknown --model {name!r}; choose from smp-unet-r18, smp-unet-r34, {', '.join(builders)}")
+        raise SystemExit(f"unknown --model {name!r}; choose from smp-unet-r18, smp-unet-r34, "
+                         f"{', '.join([*builders, *REFERENCE_MODELS])}")
     return builders[name]()
 
 

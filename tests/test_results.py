@@ -300,6 +300,12 @@ def test_budget_script_writes_its_run_with_provenance(camvid_dir, tmp_path, caps
     with pytest.raises(SystemExit):
         budget.main(argv + ["--record"])
     assert "drop --max-items" in capsys.readouterr().err
+    # the reference runs' architectures come from camvid_reference.py, built for the training size
+    ref = _script("camvid_reference")
+    flagship, arm = budget.build_model("deeplabv3plus-r10", 11, (240, 320)), ref.ARMS["deeplabv3plus-r10"].build(11, (240, 320))
+    assert [(k, v.shape) for k, v in flagship.state_dict().items()] == [(k, v.shape) for k, v in arm.state_dict().items()]
+    with pytest.raises(SystemExit, match="unknown --model 'fcn9s'"):
+        budget.build_model("fcn9s", 11)
 
 
 def test_show_study_wraps_many_panels_so_arm_names_stay_apart(tmp_path):
