@@ -184,17 +184,18 @@ def main(argv: list[str] | None = None) -> None:
     metrics = {"val_miou": res["val"]["miou"], "test_miou": res["test"]["miou"], "val_iou": res["val"]["iou"],
                "test_iou": res["test"]["iou"], "epochs": len(history), "planned_epochs": epochs,
                "final_train_loss": history.records[-1]["train_loss"] if history.records else None}
-    prov = provenance(device, "cpu" if device.type == "cpu" else "gpu", precision, recipe=recipe, lr=args.lr,
+    profile, params_m = ("cpu" if device.type == "cpu" else "gpu"), count_parameters(model) / 1e6
+    prov = provenance(device, profile, precision, recipe=recipe, lr=args.lr,
                       train_size=list(size), crop=list(args.crop or size), batch_size=args.batch,
                       budget_min=None if args.epochs else args.minutes, model=args.model,
                       max_items=args.max_items)
     path = record_run(args.study, label, args.seed, metrics, provenance=prov, history=history.records,
-                      wall_s=time.perf_counter() - start, train_s=train_s, params_m=count_parameters(model) / 1e6,
+                      wall_s=time.perf_counter() - start, train_s=train_s, params_m=params_m,
                       root=args.results_dir)
     print(f"written to {path}")
     if args.record:
         leaderboard.record(dict(model=label, notebook="benchmark",
-                                params_m=count_parameters(model) / 1e6, profile="cpu" if device.type == "cpu" else "gpu",
+                                params_m=params_m, profile=profile,
                                 device=leaderboard.device_name(device), train_size=f"{size[0]}x{size[1]}", train_s=train_s,
                                 val_miou=res["val"]["miou"], test_miou=res["test"]["miou"]))
 

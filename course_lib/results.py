@@ -263,6 +263,13 @@ MIN_SEEDS = 3
 """Paired seeds a :func:`verdict` needs: with two, one lucky seed decides the spread."""
 
 
+def _decimals(scale: float, largest: float = 0.0) -> int:
+    """Decimals to print values multiplied by ``scale``: 1 for percentages (scale ≥ 100) and for
+    values of 10 or more (seconds), else 3 (a correlation: at 0.1 a difference of 0.08 would read
+    "-0.1 … spread 0.0")."""
+    return 1 if scale >= 100 or abs(largest) >= 10 else 3
+
+
 def verdict(runs: list[dict], metric: str, arm: str, baseline: str, scale: float = 100.0) -> str:
     """One line on ``arm`` − ``baseline`` over the paired seeds: the mean difference, each seed's,
     and whether it is a difference at all (from :data:`MIN_SEEDS` paired seeds on; fewer are
@@ -270,7 +277,7 @@ def verdict(runs: list[dict], metric: str, arm: str, baseline: str, scale: float
     its sign and the mean difference exceeds both arms' seed spread (max − min); otherwise it
     says so ("no difference at this budget")."""
     d = paired_differences(runs, metric, arm, baseline)
-    digits = 1 if scale >= 100 else 3   # points of a percentage to 0.1; unscaled values (a correlation) to 0.001
+    digits = _decimals(scale)
     if len(d) < MIN_SEEDS:
         so_far = f" ({', '.join(f'{scale * v:+.{digits}f}' for v in d.values())})" if d else ""
         return (f"{arm} vs {baseline}: {len(d)} paired seed(s) so far{so_far}, too few to compare "
@@ -300,7 +307,7 @@ def study_table(runs: list[dict], metrics: dict[str, str], arms: list[str] | Non
         cells = []
         for m in metrics:
             d, k = sums[m].get(a), (scales or {}).get(m, scale)
-            digits = 1 if not d or k >= 100 or abs(k * d["max"]) >= 10 else 3  # seconds keep their decimals
+            digits = _decimals(k, k * d["max"]) if d else 1
             cells.append(f"{k * d['mean']:6.{digits}f} [{k * d['min']:.{digits}f}, {k * d['max']:.{digits}f}]" if d else "—")
         n = max((sums[m][a]["n"] for m in metrics if a in sums[m]), default=0)
         lines.append(f"{a:<{width}}" + "".join(f"{c:>22}" for c in cells) + f"  {n}")
@@ -328,7 +335,7 @@ def plot_seeds(runs: list[dict], metric: str, arms: list[str] | None = None, ax=
         ax.plot(xs, ys, "-o", color="0.6", lw=0.8, ms=4, zorder=2)
         if xs:
             labels.append((xs[0], ys[0], seed))
-    digits = 1 if scale >= 100 else 3   # percentages to 0.1; unscaled values (a correlation) to 0.001, as verdict
+    digits = _decimals(scale)
     for i, a in enumerate(arms):
         ax.hlines(scale * s[a]["mean"], i - 0.3, i + 0.3, color="C3", lw=2.5, zorder=3)
         ax.annotate(f"{scale * s[a]['mean']:.{digits}f}", (i + 0.32, scale * s[a]["mean"]), va="center", fontsize=9)
