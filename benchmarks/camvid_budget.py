@@ -12,24 +12,26 @@ budget. Recipes:
   horizontal flips only, cross-entropy with √-inverse-frequency class weights.
 - ``course``: the course's pipeline: random rescale (--scale, default the course's 0.367–1.467× at 176×240) + crop (--crop,
   default the whole --size) + flip + colour jitter,
-  AdamW with a one-cycle schedule fitted to the budget, the same class weights.
+  AdamW with a one-cycle schedule over the budget, the same class weights.
 
-The number of epochs is set from the measured speed of a few warm-up steps (in the precision
-training will use: bf16 autocast where the CPU or GPU has it) so that a recipe's LR schedule
-ends when the budget does; ``fit``'s time budget is the hard stop. For controlled comparisons
-(same number of epochs whatever the speed), pass --epochs.
+Both recipes train until the budget's deadline (``fit``'s time budget stops between two
+batches). The course recipe's one-cycle schedule is driven by the elapsed time
+(``engine.TimedOneCycle``), so it reaches its low-lr end exactly at the deadline on any
+machine. (Until 2026-11-23 the script planned a step-count schedule from a probe of 12 timed
+steps; the probe's noise moved the planned epochs by ±15 % between seeds, and runs whose
+estimate was too low were cut before the cycle's end: runs of that protocol are kept in the
+results file under labels without "to the deadline".) For controlled comparisons (same
+number of epochs whatever the speed), pass --epochs: the one-cycle is then spread over them.
 
 Each run is written to ``results/<--study>.json`` (default ``camvid_budget``) with its
 provenance (command, commit, device, precision, seed, wall time, per-epoch training loss), keyed
-by its label (model, recipe, size, budget) and seed. --record also adds it to the leaderboard.
+by its label (model, recipe, size, budget, precision) and seed. --record also adds it to the leaderboard.
 Needs CamVid under $COURSE_DATA_DIR (or <repo>/data).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import math
 import time
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from torchvision.transforms import v2
 
 from course_lib import data as D
 from course_lib import leaderboard
-from course_lib.engine import autocast, evaluate, fit, prefers_channels_last
+from course_lib.engine import evaluate, fit
 from course_lib.losses import CEDiceLoss, class_weights, pixel_counts
 from course_lib.models import FCN, SegNet, UNet, count_parameters
 from course_lib.results import provenance, record_run
@@ -73,35 +75,6 @@ def transforms_for(recipe: str, size: tuple[int, int], scale: tuple[float, float
     if recipe == "baseline":
         return v2.Compose([v2.Resize(size, antialias=True), v2.RandomHorizontalFlip(), D.to_model_input()])
     return D.train_transforms(size, scale=scale, crop=crop, color=color)
-
-
-def seconds_per_epoch(model, loader, loss_fn, device, precision: str, steps: int = 15, warmup: int = 3) -> float:
-    """Time a few training steps on a throwaway copy of the model, in ``precision`` as ``fit``
-    will train it (the first ``warmup`` steps, which include oneDNN / cuDNN kernel selection,
-    are not counted). The mean, not the median: random rescaling makes some batches slower, and
-    an estimate that is too low lets the time budget stop training before the schedule ends."""
-    probe = copy.deepcopy(model).to(device).train()
-    if prefers_channels_last(device):  # as fit() will train it
-        probe.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
-    steps = min(steps, len(loader))
-    warmup = min(warmup, steps - 1)
-    it = iter(loader)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()  # loading + augmenting the batch counts too
-        x, y = next(it)
-        if prefers_channels_last(device):
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            logits = probe(x.to(device))
-        loss = loss_fn(logits.float(), y.to(device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    times = times[warmup:]
-    return sum(times) / len(times) * len(loader)
 
 
 def camvid(split: str, max_items: int | None) -> D.CamVid:
@@ -155,34 +128,34 @@ def main(argv: list[str] | None = None) -> None:
                               generator=torch.Generator().manual_seed(args.seed))
     model = build_model(args.model, C, size)
     if args.epochs:
-        epochs, budget, speed = args.epochs, float("inf"), f"{args.epochs} epochs"
-    else:
-        epoch_s = seconds_per_epoch(model, train_loader, loss_fn, device, precision)
-        epochs = max(1, round(budget / epoch_s))
-        speed = f"budget {args.minutes:g} min: about {epoch_s:.0f} s/epoch -> {epochs} epochs"
+        epochs, time_budget_s, length = args.epochs, None, f"{args.epochs} epochs"
+        schedule = "constant" if args.recipe == "baseline" else "onecycle"
+    else:  # the deadline ends training
+        epochs, time_budget_s, length = None, budget, f"{args.minutes:g} min budget, to the deadline"
+        schedule = "constant" if args.recipe == "baseline" else "onecycle-time"
     recipe = args.recipe if args.recipe == "baseline" else (f"course, scale {args.scale[0]:g}-{args.scale[1]:g}" if args.scale else "course") + (
         f", {args.crop[0]}x{args.crop[1]} crops" if args.crop else "") + (", no colour jitter" if args.no_color else "")
     recipe += f", loss {args.loss}, lr {args.lr:g}"
     print(f"{args.model} ({count_parameters(model) / 1e6:.2f} M params), recipe {recipe}, {size[0]}x{size[1]}, "
-          f"on {leaderboard.device_name(device)} ({precision}), {speed}")
+          f"on {leaderboard.device_name(device)} ({precision}), {length}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     t0 = time.perf_counter()
     history = fit(model, train_loader, None, num_classes=C, device=device, epochs=epochs, optimizer=opt,
-                  loss_fn=loss_fn, schedule="constant" if args.recipe == "baseline" else "onecycle",
-                  time_budget_s=None if math.isinf(budget) else budget, precision=precision)
+                  loss_fn=loss_fn, schedule=schedule, time_budget_s=time_budget_s, precision=precision,
+                  progress=False)
     train_s = time.perf_counter() - t0
     loaders = {s: DataLoader(ds, batch_size=8) for s, ds in (("val", val_set), ("test", test_set))}
     res = {s: evaluate(model, dl, C, device, input_size=size, progress=False, precision=precision)
            for s, dl in loaders.items()}
-    print(f"trained {len(history)} epochs in {train_s:.0f} s" + ("" if math.isinf(budget) else f" ({train_s / budget:.2f} of the budget)"))
+    print(f"trained {len(history)} epochs in {train_s:.0f} s ({history.train_time_s / max(1, len(history)):.1f} s/epoch)"
+          + ("" if time_budget_s is None else f", {train_s / budget:.2f} of the budget"))
     print(f"val mIoU {100 * res['val']['miou']:.1f} | test mIoU {100 * res['test']['miou']:.1f} "
           f"(full 360x480 labels, void ignored)")
     print("val per-class IoU: " + ", ".join(f"{c} {100 * v:.0f}" for c, v in zip(D.CamVid.classes, res["val"]["iou"].tolist())))
     # the label keeps the precision: runs on machines with and without native bf16 are kept apart
-    length = f"{args.epochs} epochs" if args.epochs else f"{args.minutes:g} min budget"
     label = f"{args.model} ({recipe}; {size[0]}x{size[1]}; {length}, {precision})"
     metrics = {"val_miou": res["val"]["miou"], "test_miou": res["test"]["miou"], "val_iou": res["val"]["iou"],
-               "test_iou": res["test"]["iou"], "epochs": len(history), "planned_epochs": epochs,
+               "test_iou": res["test"]["iou"], "epochs": len(history), "schedule": schedule,
                "final_train_loss": history.records[-1]["train_loss"] if history.records else None}
     profile, params_m = ("cpu" if device.type == "cpu" else "gpu"), count_parameters(model) / 1e6
     prov = provenance(device, profile, precision, recipe=recipe, lr=args.lr,

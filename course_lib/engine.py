@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import os
 import secrets
@@ -92,9 +93,17 @@ def ran_for(start: float, profile: str, device) -> str:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
-                   power: float = 0.9, pct_start: float = 0.25) -> LRScheduler | None:
+                   power: float = 0.9, pct_start: float = 0.25,
+                   time_budget_s: float | None = None) -> "LRScheduler | TimedOneCycle | None":
     """Per-step LR schedule: "poly" (lr·(1 − t/T)^power, DeepLab), "onecycle" (peak at the
-    optimizer's lr), or "constant" (None)."""
+    optimizer's lr), "onecycle-time" (the same curve over ``time_budget_s`` seconds of wall
+    time instead of ``total_steps`` steps: :class:`TimedOneCycle`), or "constant" (None)."""
+    if kind == "onecycle-time":
+        if not time_budget_s or not math.isfinite(time_budget_s) or time_budget_s <= 0:
+            raise ValueError(f"The 'onecycle-time' schedule spreads its cycle over a time budget, and "
+                             f"time_budget_s is {time_budget_s!r}: pass a budget in seconds (> 0), or "
+                             f"use schedule='onecycle' to spread it over the epochs.")
+        return TimedOneCycle(optimizer, time_budget_s, pct_start=pct_start)
     total_steps = max(1, int(total_steps))
     if kind == "poly":
         return LambdaLR(optimizer, _Poly(total_steps, power))
@@ -111,7 +120,70 @@ def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int
                           total_steps=total_steps, pct_start=pct_start)
     if kind == "constant":
         return None
-    raise ValueError(f"Unknown schedule {kind!r}: use 'poly', 'onecycle' or 'constant'.")
+    raise ValueError(f"Unknown schedule {kind!r}: use 'poly', 'onecycle', 'onecycle-time' or 'constant'.")
+
+
+def _cos_between(start: float, end: float, fraction: float) -> float:
+    """Cosine from ``start`` (fraction 0) to ``end`` (fraction 1), as OneCycleLR anneals."""
+    return end + (start - end) / 2 * (math.cos(math.pi * fraction) + 1)
+
+
+class TimedOneCycle:
+    """torch's one-cycle curve (lr from peak/``div_factor`` up to the optimizer's lr over the
+    first ``pct_start`` of the run, then down to peak/(``div_factor``·``final_div_factor``);
+    Adam's β1 or SGD's momentum the other way between ``max_momentum`` and ``base_momentum``)
+    driven by elapsed wall time: at each ``step()`` the position in the cycle is
+    elapsed / ``budget_s`` (clipped to 1). Under a time budget a step-count schedule must guess
+    how many steps fit, and a wrong guess either cuts the cycle before its low-lr end or ends
+    it early; this one ends when the budget does, however fast the machine is.
+
+    ``fit`` calls :meth:`start` when training starts (with the time already trained when it
+    resumes a checkpoint), so the cycle and ``fit``'s deadline share one clock. ``clock``
+    (seconds) is replaceable for tests."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, budget_s: float, pct_start: float = 0.25,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4, base_momentum: float = 0.85,
+                 max_momentum: float = 0.95, clock: Callable[[], float] = time.perf_counter):
+        self.optimizer, self.budget_s, self.pct_start = optimizer, float(budget_s), pct_start
+        self.div_factor, self.final_div_factor = div_factor, final_div_factor
+        self.base_momentum, self.max_momentum, self.clock = base_momentum, max_momentum, clock
+        self.peak_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.start()
+
+    def start(self, already_s: float = 0.0) -> None:
+        """Restart the clock; ``already_s`` seconds of the budget are counted as spent."""
+        self._origin, self._already = self.clock(), float(already_s)
+        self._apply(self.progress())
+
+    def progress(self) -> float:
+        """Fraction of the budget spent, in [0, 1]."""
+        return min(1.0, max(0.0, (self._already + self.clock() - self._origin) / self.budget_s))
+
+    def step(self) -> None:
+        self._apply(self.progress())
+
+    def _apply(self, p: float) -> None:
+        warm = p < self.pct_start
+        t = p / self.pct_start if warm else (p - self.pct_start) / (1 - self.pct_start)
+        for g, peak in zip(self.optimizer.param_groups, self.peak_lrs):
+            low = peak / self.div_factor
+            g["lr"] = _cos_between(low, peak, t) if warm else _cos_between(peak, low / self.final_div_factor, t)
+            m = (_cos_between(self.max_momentum, self.base_momentum, t) if warm
+                 else _cos_between(self.base_momentum, self.max_momentum, t))
+            if "betas" in g:
+                g["betas"] = (m, *g["betas"][1:])
+            elif "momentum" in g:
+                g["momentum"] = m
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        # nothing to restore: the position comes from the clock and the time already trained
+        return {"budget_s": self.budget_s, "pct_start": self.pct_start}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class _Poly:
@@ -358,7 +430,7 @@ def _config_diff(saved: dict, wanted: dict) -> list[str]:
             for k in keys if saved.get(k) != wanted.get(k)]
 
 
-def run_config(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer, schedule: str,
+def run_config(model: nn.Module, *, epochs: int | None, optimizer: torch.optim.Optimizer, schedule: str,
                precision: str, loss_fn: Callable | None = None, time_budget_s: float | None = None,
                extra: dict | None = None) -> dict:
     """What a checkpoint records about how its model was trained (compared before reuse):
@@ -366,7 +438,7 @@ def run_config(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimize
     loss, precision, time budget, plus ``extra`` (e.g. seed, profile, width, data size)."""
     hyper = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, str, bool))}
     cfg = {"model": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
-           "epochs": int(epochs), "optimizer": type(optimizer).__name__, **{f"opt_{k}": v for k, v in hyper.items()},
+           "epochs": None if epochs is None else int(epochs), "optimizer": type(optimizer).__name__, **{f"opt_{k}": v for k, v in hyper.items()},
            "schedule": schedule, "precision": precision,
            "loss": type(loss_fn).__name__ if loss_fn is not None else "CrossEntropyLoss",
            "time_budget_s": time_budget_s}
@@ -424,7 +496,7 @@ def _check_checkpoint_writable(checkpoint: str | Path | None) -> None:
 
 
 def resume_checkpoint(checkpoint: str | Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
-                      scheduler: LRScheduler | None, wanted: dict, device: torch.device, epochs: int,
+                      scheduler: LRScheduler | None, wanted: dict, device: torch.device, epochs: int | None,
                       verbose: bool = True) -> tuple[History, int, bool]:
     """What a training loop starts from, given its ``checkpoint`` path (or None) and the
     configuration ``wanted`` (:func:`run_config`): (history, first epoch, complete).
@@ -461,7 +533,7 @@ def resume_checkpoint(checkpoint: str | Path | None, model: nn.Module, optimizer
         scheduler.load_state_dict(state["scheduler"])
     start_epoch = state["epoch"]
     if verbose and main:
-        print(f"Resuming from {checkpoint} at epoch {start_epoch}/{epochs}.")
+        print(f"Resuming from {checkpoint} at epoch {start_epoch}" + (f"/{epochs}." if epochs else "."))
     return history, start_epoch, False
 
 
@@ -476,15 +548,17 @@ def save_epoch(checkpoint: str | Path, model: nn.Module, optimizer: torch.optim.
 
 
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *, num_classes: int,
-        device: torch.device, epochs: int, optimizer: torch.optim.Optimizer,
+        device: torch.device, epochs: int | None, optimizer: torch.optim.Optimizer,
         loss_fn: Callable | None = None, schedule: str = "poly", checkpoint: str | Path | None = None,
         input_size: tuple[int, int] | None = None, ignore_index: int = 255,
         time_budget_s: float | None = None, progress: bool = True, verbose: bool = True,
         precision: str | None = None, config: dict | None = None, val_every: int = 1) -> History:
-    """Train ``model`` for ``epochs`` (or until ``time_budget_s``), evaluating on
+    """Train ``model`` for ``epochs`` (or until ``time_budget_s``; ``epochs=None``: until
+    ``time_budget_s`` only), evaluating on
     ``val_loader`` every ``val_every`` epochs (and after the last).
 
-    ``schedule`` ("poly" | "onecycle" | "constant") is stepped per batch. ``precision``:
+    ``schedule`` ("poly" | "onecycle" | "onecycle-time" | "constant") is stepped per batch;
+    "onecycle-time" needs ``time_budget_s`` and ends its cycle when the budget ends. ``precision``:
     "bf16" | "fp32" (default: :func:`~course_lib.runtime.get_precision`). With
     ``checkpoint``: a complete checkpoint trained with the same configuration (see
     :func:`run_config`; ``config`` adds entries such as seed or profile) is loaded instead of
@@ -501,6 +575,9 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
     device = distributed.init(device)  # joins torchrun's process group; a no-op in one process
     _check_checkpoint_writable(checkpoint)
     precision = precision or get_precision(device)
+    if epochs is None and not time_budget_s:
+        raise ValueError("fit(epochs=None) trains until time_budget_s, and none was given: pass a number of "
+                         "epochs or a time budget in seconds.")
     if distributed.active():
         config = {**(config or {}), "world_size": distributed.world_size()}
     wanted = run_config(model, epochs=epochs, optimizer=optimizer, schedule=schedule, precision=precision,
@@ -512,7 +589,11 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
         model.to(memory_format=torch.channels_last)
     train_loader = distributed.train_loader(train_loader)  # type: ignore[arg-type]
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    scheduler = make_scheduler(optimizer, schedule, epochs * steps_per_epoch)
+    if epochs is None and schedule in ("poly", "onecycle"):
+        raise ValueError(f"The {schedule!r} schedule is spread over a number of steps, and epochs=None "
+                         f"gives none: pass epochs, or use schedule='onecycle-time' to spread the cycle "
+                         f"over time_budget_s.")
+    scheduler = make_scheduler(optimizer, schedule, (epochs or 1) * steps_per_epoch, time_budget_s=time_budget_s)
     history, start_epoch, complete = resume_checkpoint(checkpoint, model, optimizer, scheduler, wanted, device,
                                                        epochs, verbose)
     if complete:
@@ -525,13 +606,16 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
         history.meta["world_size"] = distributed.world_size()
     start = time.perf_counter()
     deadline = (start + time_budget_s - history.train_time_s) if time_budget_s is not None else None
-    for epoch in range(start_epoch, epochs):
+    if isinstance(scheduler, TimedOneCycle):
+        scheduler.start(already_s=history.train_time_s)  # the cycle ends at the deadline
+    of_total = f"/{epochs}" if epochs else ""
+    for epoch in (range(start_epoch, epochs) if epochs else itertools.count(start_epoch)):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]  # DistributedSampler
         loss = train_one_epoch(net, train_loader, loss_fn, optimizer, device, scheduler,
-                               progress, desc=f"epoch {epoch + 1}/{epochs}", deadline=deadline,
+                               progress, desc=f"epoch {epoch + 1}{of_total}", deadline=deadline,
                                precision=precision)
         distributed.broadcast_buffers(model)
         train_s = time.perf_counter() - t0
@@ -545,7 +629,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, *
         history.append(**record)
         if verbose and main:
             extra = f", val mIoU {record['val_miou']:.3f}" if "val_miou" in record else ""
-            print(f"epoch {epoch + 1:3d}/{epochs}: loss {loss:.4f}{extra} ({train_s:.1f} s)")
+            print(f"epoch {epoch + 1:3d}{of_total}: loss {loss:.4f}{extra} ({train_s:.1f} s)")
         if done:
             history.meta["finished"] = datetime.datetime.now().isoformat(timespec="minutes")
         if checkpoint is not None and main:

@@ -482,3 +482,73 @@ def test_a_complete_checkpoint_with_nan_weights_is_not_loaded_silently(loaders, 
     E.save_checkpoint(ckpt, **state)
     with pytest.raises(FloatingPointError, match=rf"{ckpt.name}.*NaN.*[Dd]elete it"):
         _train_once(loaders, ckpt, tiny_net())
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adamw"])
+def test_timed_one_cycle_follows_torchs_one_cycle_over_time(optim):
+    """At elapsed time k/(T−1)·budget the time-driven cycle gives OneCycleLR's lr and momentum
+    (β1 for AdamW) of step k (oracle: torch.optim.lr_scheduler.OneCycleLR)."""
+    T, pct, budget = 40, 0.25, 120.0
+
+    def make():
+        p = nn.Parameter(torch.zeros(1))
+        return (torch.optim.SGD([p], lr=0.5, momentum=0.9) if optim == "sgd"
+                else torch.optim.AdamW([p], lr=0.5))
+
+    def momentum(opt):
+        g = opt.param_groups[0]
+        return g["betas"][0] if "betas" in g else g["momentum"]
+
+    ref_opt, opt, clock = make(), make(), _FakeClock()
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=0.5, total_steps=T, pct_start=pct)
+    # torch's warm-up ends at step pct·T − 1 of T − 1: the same point as a fraction of the time
+    timed = E.TimedOneCycle(opt, budget, pct_start=(pct * T - 1) / (T - 1), clock=clock)
+    for k in range(T):
+        clock.now = k / (T - 1) * budget
+        if k:
+            ref_opt.step(); ref.step()
+            timed.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-6, abs=1e-12)
+        assert momentum(opt) == pytest.approx(momentum(ref_opt), rel=1e-6)
+    clock.now = 10 * budget  # past the budget the cycle stays at its end
+    timed.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 / 25 / 1e4)
+
+
+def test_timed_one_cycle_counts_time_already_trained():
+    p = nn.Parameter(torch.zeros(1))
+    opt, clock = torch.optim.SGD([p], lr=1.0), _FakeClock()
+    timed = E.TimedOneCycle(opt, 100.0, clock=clock)
+    clock.now = 5.0
+    timed.start(already_s=25.0)  # a resumed run: a quarter of the budget is spent, at the peak
+    assert timed.progress() == pytest.approx(0.25) and opt.param_groups[0]["lr"] == pytest.approx(1.0)
+
+
+def test_fit_with_a_timed_one_cycle_ends_its_cycle_with_the_budget():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 2, 1)
+    train = [(torch.rand(2, 3, 8, 8), torch.randint(0, 2, (2, 8, 8))) for _ in range(4)]
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    hist = E.fit(model, train, None, num_classes=2, device=torch.device("cpu"), epochs=None,
+                 optimizer=opt, schedule="onecycle-time", time_budget_s=0.5, progress=False, verbose=False,
+                 precision="fp32")
+    assert len(hist) > 1 and hist.records[-1]["epoch"] == len(hist)  # epochs=None: until the budget
+    assert max(r["lr"] for r in hist.records) > 0.009  # it reached the peak on the way
+    assert opt.param_groups[0]["lr"] < 0.01 / 25  # and ended at the low end of the cycle
+    with pytest.raises(ValueError, match="time budget"):
+        E.fit(model, train, None, num_classes=2, device=torch.device("cpu"), epochs=2, optimizer=opt,
+              schedule="onecycle-time", progress=False, verbose=False)
+    with pytest.raises(ValueError, match="until time_budget_s"):
+        E.fit(model, train, None, num_classes=2, device=torch.device("cpu"), epochs=None, optimizer=opt,
+              progress=False, verbose=False)
+    with pytest.raises(ValueError, match="onecycle-time"):
+        E.fit(model, train, None, num_classes=2, device=torch.device("cpu"), epochs=None, optimizer=opt,
+              schedule="onecycle", time_budget_s=1.0, progress=False, verbose=False)

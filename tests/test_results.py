@@ -300,6 +300,11 @@ def test_budget_script_writes_its_run_with_provenance(camvid_dir, tmp_path, caps
     with pytest.raises(SystemExit):
         budget.main(argv + ["--record"])
     assert "drop --max-items" in capsys.readouterr().err
+    # under a time budget both recipes train to the deadline; the course recipe's cycle follows the clock
+    budget.main(argv[:9] + ["--minutes", "0.05", *argv[11:]])
+    run = R.load_results("b", tmp_path)["runs"][-1]
+    assert run["arm"] == f"unet-w16 (course, loss wce, lr 0.001; 48x64; 0.05 min budget, to the deadline, {precision})"
+    assert run["metrics"]["schedule"] == "onecycle-time" and run["train_s"] >= 3.0
     # the reference runs' architectures come from camvid_reference.py, built for the training size
     ref = _script("camvid_reference")
     flagship, arm = budget.build_model("deeplabv3plus-r10", 11, (240, 320)), ref.ARMS["deeplabv3plus-r10"].build(11, (240, 320))
