@@ -6,6 +6,7 @@ instance segmenter (:class:`course_lib.models.BasisInstanceNet`), over paired se
     python benchmarks/basis_reference.py --arms base both --seeds 0 1 2
     python benchmarks/basis_reference.py --summary         # the table of results/basis_reference.json
     python benchmarks/basis_reference.py --smoke            # a few steps of each arm, into a temporary folder
+    python benchmarks/basis_reference.py --rerank --arms scoring both   # where the rescoring's AP comes from
 
 Arms (all with ``--masks`` bases, BlendMask's blender by default, as B2Inst builds on BlendMask):
 
@@ -34,6 +35,12 @@ each detection's true mask IoU (:func:`course_lib.detection.detection_ious`), i.
 the score ranks masks by quality. The val split (100 images) is for choices. Trained weights
 stay in the git-ignored ``checkpoints/reference/basis_reference/``; an (arm, seed) already
 recorded is skipped (``--force`` reruns it). Needs nuclei under $COURSE_DATA_DIR (or <repo>/data).
+
+``--rerank`` trains nothing: for each rescoring arm whose trained weights are in the checkpoint
+folder, it scores the test split twice with the same masks, ranked by the final score (centre ×
+predicted IoU × S_boundary) and by the centre confidence alone, and writes both to
+``results/basis_rerank.json`` (arm "<arm>, ranked by <score>"). A paired difference splits the
+AP gain of mask scoring into what the ranking gives and what training the head gave the masks.
 
 On a shared 2-core machine, ``--threads 1`` can be much faster than 2 threads competing with
 another process (OpenMP threads wait for each other): measure before a long set.
@@ -83,6 +90,57 @@ def splits(args, prof) -> dict[str, Dataset]:
         return {"train": Subset(train, range(4)), "val": Subset(val, range(1)), "val_full": Subset(val, range(1)),
                 "test": Subset(test, range(2))}
     return {"train": train, "val": Subset(val, range(min(args.val_items, len(val)))), "val_full": val, "test": test}
+
+
+class RankedBy(torch.nn.Module):
+    """``model``'s detections with their ``scores`` replaced by another of its outputs (e.g.
+    ``centre_scores``): the same masks, ranked (and overlaps resolved) by that score."""
+
+    def __init__(self, model: torch.nn.Module, key: str):
+        super().__init__()
+        self.model, self.key = model, key
+
+    def forward(self, images):
+        return [{**out, "scores": out[self.key]} for out in self.model(images)]
+
+
+RANKINGS = {"final score": "scores", "centre confidence": "centre_scores"}
+
+
+def rerank(args, prof, device, precision, data: dict[str, Dataset]) -> None:
+    """Score each trained rescoring model of ``args.arms`` × ``args.seeds`` on test under both
+    :data:`RANKINGS`, one run each in ``results/basis_rerank.json``; a missing checkpoint is
+    skipped with a line saying so."""
+    from course_lib.engine import load_checkpoint
+
+    for arm in args.arms:
+        if not ARMS[arm]["mask_scoring"]:
+            print(f"{arm}: no mask scoring head, its final score is its centre confidence; skipped")
+            continue
+        for seed in args.seeds:
+            ckpt = checkpoint_path(args.study, arm, seed, args.masks, prof.name, args.epochs, args.checkpoint_dir)
+            if not ckpt.exists():
+                print(f"{arm} seed {seed}: no trained weights at {ckpt}; skipped (train it with this script first)")
+                continue
+            state = load_checkpoint(ckpt, device)
+            if not state.get("complete"):
+                print(f"{arm} seed {seed}: {ckpt.name} is an unfinished run; skipped")
+                continue
+            model = build(arm, seed, args.masks, args.backbone)
+            model.load_state_dict(state["model"])
+            model.to(device)
+            for name, key in RANKINGS.items():
+                t0 = time.perf_counter()
+                m = evaluate_instances(RankedBy(model, key), data["test"], device, progress=False,
+                                       precision=precision, keep_key="centre_scores")
+                prov = provenance(device, prof.name, precision, checkpoint=ckpt.name, ranked_by=key,
+                                  masks=args.masks, backbone=args.backbone, smoke=args.smoke)
+                record_run("basis_rerank", f"{arm}, ranked by {name}", seed, {f"test_{k}": m[k] for k in METRICS},
+                           provenance=prov, wall_s=time.perf_counter() - t0,
+                           description="the same trained weights scored twice: detections ranked by the final "
+                                       "score or by the centre confidence", root=args.results_dir)
+                print(f"{arm} seed {seed}, ranked by {name}: test AP {m['AP']:.3f}, AP50 {m['AP50']:.3f}, "
+                      f"AP75 {m['AP75']:.3f}, DSB {m['dsb']:.3f}")
 
 
 def score_quality(model: PredictingDetector, dataset: Dataset, device, precision: str) -> dict:
@@ -151,8 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--masks", default="blendmask", choices=("blendmask", "yolact"))
     ap.add_argument("--backbone", default="resnet10", choices=("resnet10", "resnet18", "resnet34"))
     add_budget_arguments(ap, "4 training images, 1 epoch, 1 val / 2 test images")
+    ap.add_argument("--rerank", action="store_true",
+                    help="train nothing: score the rescoring arms' trained weights ranked two ways (results/basis_rerank.json)")
     args = ap.parse_args(argv)
-    run_budget_study(args, splits, run_one, print_summary=print_summary,
+    run_budget_study(args, splits, run_one, print_summary=print_summary, rerank=rerank if args.rerank else None,
                      setup=f"{args.masks} masks, {args.backbone}, ",
                      describe=lambda m: f"test AP {m['test_AP']:.3f}, AP75 {m['test_AP75']:.3f}, DSB {m['test_dsb']:.3f}, "
                                      f"Boundary IoU {m['test_boundary_iou']:.3f}, score–IoU corr {m['test_score_iou_corr']:.2f}")

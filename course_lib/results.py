@@ -184,12 +184,14 @@ def run_pending(args, run: Callable[[str, int], dict], describe: Callable[[dict]
 
 
 def run_budget_study(args, splits: Callable, run_one: Callable, describe: Callable[[dict], str],
-                     print_summary: Callable, setup: str = "") -> None:
+                     print_summary: Callable, setup: str = "", rerank: Callable | None = None) -> None:
     """The body of a time-budgeted detection reference script (``nuclei_reference``,
     ``basis_reference``) once its options are parsed: ``--summary`` prints the table and stops;
     otherwise :func:`apply_budget_arguments`, the splits built once (``splits(args, profile)`` →
     ``{"train": Dataset, ...}``), then :func:`run_pending` with ``run_one(arm, seed, args, profile,
-    device, precision, data)`` → metrics. ``setup`` adds the script's own settings to the banner."""
+    device, precision, data)`` → metrics. ``setup`` adds the script's own settings to the banner.
+    With ``rerank``, ``rerank(args, profile, device, precision, data)`` runs instead of training
+    (an evaluation of trained weights)."""
     from .runtime import get_device, get_precision, get_profile
 
     if args.summary:
@@ -202,6 +204,9 @@ def run_budget_study(args, splits: Callable, run_one: Callable, describe: Callab
     print(f"study {args.study}: profile {prof.name}, {device} ({precision}, {torch.get_num_threads()} threads), "
           f"{setup}crop {prof.detection_crop}, batch {prof.detection_batch_size}, "
           f"{len(data['train']) // prof.detection_batch_size} steps per epoch, arms {args.arms}, seeds {args.seeds}")
+    if rerank is not None:
+        rerank(args, prof, device, precision, data)
+        return
     run_pending(args, lambda arm, seed: run_one(arm, seed, args, prof, device, precision, data), describe)
     print_summary(args.study, args.results_dir)
     if args.smoke:

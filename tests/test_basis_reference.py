@@ -38,5 +38,16 @@ def test_smoke_mode_records_every_arm_once(tmp_path, capsys):
         ref.main(["--summary", "--results-dir", str(tmp_path)])
         out = capsys.readouterr().out
         assert "score_iou_corr" in out and all(a in out for a in ("base", "boundary", "scoring", "both"))
+        # --rerank: the rescoring arms' trained weights scored again, ranked two ways; ranked by the final
+        # score they reproduce what training recorded (the checkpoint is the model that was scored)
+        ref.main(argv + ["--rerank", "--arms", "base", "scoring", "both"])
+        assert "base: no mask scoring head" in capsys.readouterr().out
+        reranked = {(r["arm"], r["seed"]): r["metrics"] for r in R.load_results("basis_rerank", tmp_path)["runs"]}
+        assert sorted(reranked) == [(f"{arm}, ranked by {how}", 0) for arm in ("both", "scoring")
+                                    for how in ("centre confidence", "final score")]
+        trained = {r["arm"]: r["metrics"] for r in runs}
+        for arm in ("scoring", "both"):
+            for k in ("AP", "AP75", "dsb"):
+                assert reranked[(f"{arm}, ranked by final score", 0)][f"test_{k}"] == trained[arm][f"test_{k}"]
     finally:
         torch.set_num_threads(before)
