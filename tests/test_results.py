@@ -326,10 +326,13 @@ def test_show_study_wraps_many_panels_so_arm_names_stay_apart(tmp_path):
             R.record_run("wide", arm, seed, {m: 0.3 + 0.01 * seed for m in metrics}, provenance={}, root=tmp_path)
     plt.close("all")
     R.show_study(R.load_results("wide", tmp_path)["runs"], metrics, [], arms=["base", "boundary", "scoring", "both"],
-                 curves=False)
+                 curves=False, scales={"m5": 1.0})
     fig = plt.figure(plt.get_fignums()[0])
     shown = [ax for ax in fig.axes if ax.get_visible()]
     assert len(shown) == 6 and len({round(ax.get_position().y0, 3) for ax in shown}) >= 2
+    # seeds 0.02 apart do not fill a panel: at least 4 points in %, 0.04 unscaled (a correlation)
+    spans = [ax.get_ylim()[1] - ax.get_ylim()[0] for ax in shown]
+    assert min(spans[:5]) >= 4.0 - 1e-9 and 0.04 - 1e-9 <= spans[5] < 1.0
     fig.canvas.draw()
     for ax in shown:
         boxes = [t.get_window_extent() for t in ax.get_xticklabels()]
