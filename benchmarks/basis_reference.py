@@ -133,7 +133,9 @@ def rerank(args, prof, device, precision, data: dict[str, Dataset]) -> None:
                 t0 = time.perf_counter()
                 m = evaluate_instances(RankedBy(model, key), data["test"], device, progress=False,
                                        precision=precision, keep_key="centre_scores")
-                prov = provenance(device, prof.name, precision, checkpoint=ckpt.name, ranked_by=key,
+                where = ckpt.relative_to(REPO_ROOT) if ckpt.is_relative_to(REPO_ROOT) else ckpt
+                prov = provenance(device, prof.name, precision, checkpoint=str(where), ranked_by=key,
+                                  trained_on=state["history"].get("meta", {}),
                                   masks=args.masks, backbone=args.backbone, smoke=args.smoke)
                 record_run("basis_rerank", f"{arm}, ranked by {name}", seed, {f"test_{k}": m[k] for k in METRICS},
                            provenance=prov, wall_s=time.perf_counter() - t0,
