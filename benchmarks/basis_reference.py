@@ -30,7 +30,7 @@ made of the detections whose *centre confidence* reaches 0.5 (``keep_key="centre
 the detector decides what exists, the rescored score ranks, so the DSB score of the scoring
 arms is not lowered just because a product of three factors is smaller than one of them);
 and ``score_iou_corr`` / ``centre_iou_corr``: the Pearson correlation, over all test
-detections with centre confidence ≥ 0.05, of the final score / the centre confidence with
+detections with centre confidence > 0.05, of the final score / the centre confidence with
 each detection's true mask IoU (:func:`course_lib.detection.detection_ious`), i.e. how well
 the score ranks masks by quality. The val split (100 images) is for choices. Trained weights
 stay in the git-ignored ``checkpoints/reference/basis_reference/``; an (arm, seed) already
