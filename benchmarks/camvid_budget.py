@@ -129,10 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(args.model, C, size)
     if args.epochs:
         epochs, time_budget_s, length = args.epochs, None, f"{args.epochs} epochs"
-        schedule = "constant" if args.recipe == "baseline" else "onecycle"
     else:  # the deadline ends training
         epochs, time_budget_s, length = None, budget, f"{args.minutes:g} min budget, to the deadline"
-        schedule = "constant" if args.recipe == "baseline" else "onecycle-time"
+    # the course recipe's one-cycle spans the epochs, or the budget's time
+    schedule = "constant" if args.recipe == "baseline" else ("onecycle" if args.epochs else "onecycle-time")
     recipe = args.recipe if args.recipe == "baseline" else (f"course, scale {args.scale[0]:g}-{args.scale[1]:g}" if args.scale else "course") + (
         f", {args.crop[0]}x{args.crop[1]} crops" if args.crop else "") + (", no colour jitter" if args.no_color else "")
     recipe += f", loss {args.loss}, lr {args.lr:g}"
